@@ -1,0 +1,90 @@
+"""``cafeslim inspect``: the channel groups of a model, as a table or JSON."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List
+
+from rich.table import Table
+from rich.text import Text
+
+from .common import (JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, WeightsOpt, human,
+                     load_model, out, print_json)
+
+if TYPE_CHECKING:
+    from ..graph.channel_graph import ChannelGraph, Group
+
+_SHOWN_LAYERS = 3  # layer names listed per group in the table before "+N more"
+
+
+def inspect_command(model: ModelArg, json_out: JsonOpt = False, weights: WeightsOpt = None,
+                    pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None) -> None:
+    """Show MODEL's channel groups: which widths can be searched, which are fixed and why.
+
+    A group is a set of channels that must be kept or removed together (a conv's outputs,
+    the BNs that normalise them, every layer that reads them, residual branches added to them).
+
+    Examples:
+
+        cafeslim inspect resnet50
+
+        cafeslim inspect tv:mobilenet_v2 --json > groups.json
+
+        cafeslim inspect mypkg.models:build_net --weights net.safetensors
+    """
+    info = load_model(model, weights, pretrained, num_classes)
+    from ..flops import count_flops, count_params
+    from ..graph import analyze
+
+    example = info.example_input()
+    graph = analyze(info.model, example, source=info.name)
+    flops, params = count_flops(info.model, example), count_params(info.model)
+    if json_out:
+        print_json(inspect_json(info.name, graph, flops, params))
+    else:
+        render_inspect(info.name, graph, flops, params)
+
+
+def inspect_json(name: str, graph: "ChannelGraph", flops: int, params: int) -> Dict[str, Any]:
+    """The ``--json`` document: model, flops, params and one entry per group.
+
+    Example:
+        >>> inspect_json("tv:resnet18", graph, 1_814_073_344, 11_689_512)["groups"][0]["members"][:2]
+        ['conv1.weight', 'bn1.weight']
+    """
+    return {
+        "model": name,
+        "flops": int(flops),
+        "params": int(params),
+        "groups": [
+            {"id": g.id, "channels": g.channels, "searchable": g.searchable,
+             "reason": "; ".join(g.reasons), "members": [m.qualname for m in g.members]}
+            for g in graph.groups
+        ],
+    }
+
+
+def render_inspect(name: str, graph: "ChannelGraph", flops: int, params: int) -> None:
+    """Print the group table and the totals on stdout."""
+    table = Table(title=f"{name}: {len(graph.searchable)} searchable, {len(graph.fixed)} fixed "
+                        f"channel groups", title_justify="left")
+    table.add_column("id", justify="right")
+    table.add_column("channels", justify="right")
+    table.add_column("searchable")
+    table.add_column("members")
+    table.add_column("reason")
+    for g in graph.groups:
+        table.add_row(str(g.id), str(g.channels),
+                      "[green]yes[/]" if g.searchable else "[red]no[/]",
+                      # Text(): reasons quote code like `x[:, :3]`, which rich would read as markup
+                      Text(_members_summary(g)), Text("; ".join(g.reasons)))
+    out.print(table)
+    out.print(f"FLOPs {human(flops)} (one multiply-add = one FLOP), params {human(params)}, "
+              f"input {tuple(graph.input_shape)}")
+
+
+def _members_summary(group: "Group") -> str:
+    layers: List[str] = group.layers
+    shown = ", ".join(layers[:_SHOWN_LAYERS])
+    more = f" +{len(layers) - _SHOWN_LAYERS} more" if len(layers) > _SHOWN_LAYERS else ""
+    n = len(group.members)
+    return f"{shown}{more} ({n} tensor{'' if n == 1 else 's'})"

@@ -1,0 +1,417 @@
+"""Write a slimmed model to disk and prove each file computes what the model computes.
+
+Formats: ``model.pt`` (the whole module, for Python users with cafeslim's model classes
+importable), ``model.pt2`` (``torch.export``; loads with plain torch), ``model.onnx``
+(checked in onnxruntime) and ``widths.json`` (the architecture: per-layer channels, FLOPs,
+params, the IndexSpec). :func:`export_model` writes any subset and records, per format, the
+parity with eager PyTorch or the error that stopped it; one failing exporter does not stop
+the others, because users hit exporter gaps on models that are otherwise fine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ..errors import CafeslimError, ConfigError, SpecError
+from ..graph.channel_graph import ChannelGraph, spec_from_json, spec_to_json
+
+PathLike = Union[str, os.PathLike]
+FORMATS = ("pt", "pt2", "onnx")
+WIDTHS_FORMAT = "cafeslim.widths/1"
+DEFAULT_RTOL = 1e-4
+
+
+class ExportError(CafeslimError):
+    """An exporter failed on the model, or its file does not reproduce the model's output."""
+
+
+# --------------------------------------------------------------------------- parity
+
+def _leaves(out: Any) -> List[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def output_scale(out: Any) -> float:
+    """Largest absolute entry of a model output (tensor or nested tuple/dict of tensors)."""
+    leaves = _leaves(out)
+    return max((float(t.detach().abs().max()) for t in leaves if t.numel()), default=0.0)
+
+
+def max_abs_diff(ref: Any, other: Sequence[Any]) -> float:
+    """Max absolute difference between the leaves of ``ref`` and a flat list of arrays."""
+    leaves = _leaves(ref)
+    other = list(other)
+    if len(leaves) != len(other):
+        raise ExportError(f"the export returns {len(other)} outputs, the model {len(leaves)}")
+    diff = 0.0
+    for a, b in zip(leaves, other):
+        b = torch.as_tensor(b)
+        if tuple(a.shape) != tuple(b.shape):
+            raise ExportError(f"output shape {tuple(b.shape)} differs from the model's {tuple(a.shape)}")
+        if a.numel():
+            diff = max(diff, float((a.detach().float() - b.float()).abs().max()))
+    return diff
+
+
+def _check(diff: float, scale: float, what: str, rtol: Optional[float], atol: Optional[float]) -> None:
+    if rtol is None and atol is None:
+        return
+    limit = (atol or 0.0) + (rtol or 0.0) * scale
+    if not diff <= limit:  # also catches NaN
+        raise ExportError(f"{what} differs from PyTorch by {diff:.3g} (output scale {scale:.3g}, limit {limit:.3g})")
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module) -> Iterator[nn.Module]:
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+# --------------------------------------------------------------------------- model files
+
+def save_pt(model: nn.Module, path: PathLike) -> Path:
+    """Pickle the whole module (``torch.load(path, weights_only=False)`` restores it).
+
+    Example:
+        >>> save_pt(small, "out/model.pt")
+    """
+    path = Path(path)
+    torch.save(model, path)
+    return path
+
+
+def save_pt2(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
+             rtol: Optional[float] = None, atol: Optional[float] = None) -> float:
+    """``torch.export`` the model (dynamic batch where possible), save, reload and compare.
+
+    Args:
+        model: the model, exported in eval mode.
+        example_input: one input batch.
+        path: the ``.pt2`` file to write.
+        rtol: tolerance relative to the output scale (see :func:`output_scale`).
+        atol: absolute tolerance; with neither, nothing is checked.
+
+    Returns:
+        Max abs difference between the reloaded program and eager PyTorch on ``example_input``.
+
+    Raises:
+        ExportError: export failed, or the reloaded program is outside tolerance.
+
+    Example:
+        >>> diff = save_pt2(small, torch.randn(1, 3, 224, 224), "out/model.pt2")
+    """
+    path = Path(path)
+    x = example_input
+    # A batch of one would be specialised to 1; two keeps the batch axis symbolic.
+    xe = torch.cat([x, x]) if x.shape[0] == 1 else x
+    with _eval(model), torch.no_grad():
+        try:
+            try:
+                ep = torch.export.export(model, (xe,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            except Exception:
+                ep = torch.export.export(model, (x,))
+            torch.export.save(ep, str(path))
+            loaded = torch.export.load(str(path)).module()
+            got = _leaves(loaded(x))
+        except ExportError:
+            raise
+        except Exception as exc:
+            raise ExportError(f"torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+        ref = model(x)
+    diff = max_abs_diff(ref, got)
+    _check(diff, output_scale(ref), "model.pt2", rtol, atol)
+    return diff
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else ""
+
+
+def save_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
+              rtol: Optional[float] = None, atol: Optional[float] = None, opset: int = 17) -> float:
+    """Export to ONNX (dynamic batch axis), run it in onnxruntime and compare with PyTorch.
+
+    The TorchScript exporter goes first: it is about ten times faster and handles timm's
+    models; the dynamo exporter is the fallback.
+
+    Args:
+        model: the model, exported in eval mode.
+        example_input: one input batch.
+        path: the ``.onnx`` file to write (weights inside the file).
+        rtol: tolerance relative to the output scale; atol: absolute tolerance; with
+            neither, nothing is checked.
+        opset: ONNX opset of the TorchScript exporter.
+
+    Returns:
+        Max abs difference between onnxruntime (CPUExecutionProvider) and eager PyTorch.
+
+    Raises:
+        ExportError: both exporters failed, onnxruntime cannot run the file, or the outputs
+            are outside tolerance.
+
+    Example:
+        >>> diff = save_onnx(small, torch.randn(1, 3, 224, 224), "out/model.onnx", rtol=1e-4)
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    x = example_input
+    with _eval(model), torch.no_grad():
+        ref = model(x)
+        n_out = len(_leaves(ref))
+        names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
+        axes = {n: {0: "batch"} for n in ["input", *names]}
+        errors = []
+        for dynamo in (False, True):
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                    warnings.simplefilter("ignore")
+                    if dynamo:
+                        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"],
+                                          output_names=names, external_data=False,
+                                          dynamic_shapes=({0: torch.export.Dim.AUTO},))
+                    else:
+                        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
+                                          input_names=["input"], output_names=names, dynamic_axes=axes)
+                break
+            except Exception as exc:
+                errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: "
+                              f"{type(exc).__name__}: {_first_line(exc)}")
+        else:
+            raise ExportError("ONNX export failed; " + "; ".join(errors))
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().numpy()})
+    except Exception as exc:
+        raise ExportError(f"onnxruntime cannot run the exported model: {_first_line(exc)}") from exc
+    diff = max_abs_diff(ref, got)
+    _check(diff, output_scale(ref), "model.onnx", rtol, atol)
+    return diff
+
+
+# --------------------------------------------------------------------------- widths.json
+
+def _layer_rows(model: nn.Module) -> Dict[str, Dict[str, Any]]:
+    rows: Dict[str, Dict[str, Any]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.conv._ConvNd):
+            row = {"type": type(mod).__name__, "in": mod.in_channels, "out": mod.out_channels,
+                   "groups": mod.groups}
+        elif isinstance(mod, nn.Linear):
+            row = {"type": type(mod).__name__, "in": mod.in_features, "out": mod.out_features}
+        elif isinstance(mod, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+            ch = getattr(mod, "num_features", None) or getattr(mod, "num_channels", None)
+            row = {"type": type(mod).__name__,
+                   "channels": ch if ch is not None else list(mod.normalized_shape)}
+        else:
+            continue
+        row["params"] = sum(p.numel() for p in mod.parameters(recurse=False))
+        rows[name] = row
+    return rows
+
+
+def widths_info(graph: ChannelGraph, spec: Mapping[int, Sequence[int]], *, source: str = "",
+                slim_model: Optional[nn.Module] = None, original: Optional[nn.Module] = None,
+                flops: Optional[float] = None, full_flops: Optional[float] = None,
+                layer_flops: Optional[Mapping[str, float]] = None,
+                extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The content of ``widths.json`` for a spec (pass it to :func:`write_widths_json`).
+
+    Args:
+        graph: the full model's channel graph.
+        spec: the exported IndexSpec.
+        source: the model name (``resnet50``, ``tv:mobilenet_v2``, ...).
+        slim_model: the slimmed model, for per-layer channels and parameter counts.
+        original: the full model, for the per-layer channels before slimming.
+        flops, full_flops: FLOPs of the slimmed and full model (one multiply-add = one FLOP).
+        layer_flops: optional FLOPs per module name of the slimmed model.
+        extra: anything else to record (budget, run name, ...).
+
+    Example:
+        >>> info = widths_info(graph, spec, source="resnet50", slim_model=small, flops=2.0e9)
+    """
+    spec = graph.validate_spec(spec)
+    widths = graph.widths_of(spec)
+    info: Dict[str, Any] = {
+        "format": WIDTHS_FORMAT,
+        "source": source or graph.source,
+        "input_shape": list(graph.input_shape),
+        "flops": {"slim": flops, "full": full_flops},
+        "params": {"slim": None, "full": None},
+        "widths": {str(g): w for g, w in sorted(widths.items())},
+        "groups": [{"id": g.id, "channels": g.channels, "kept": widths.get(g.id, g.channels),
+                    "searchable": g.searchable, "reason": "; ".join(g.reasons), "layers": g.layers}
+                   for g in graph.groups],
+        "layers": {},
+        "index_spec": spec_to_json(spec),
+        "graph": {"tracer": graph.tracer, "groups": len(graph.groups),
+                  "searchable": len(graph.searchable), "fixed": len(graph.fixed)},
+    }
+    if slim_model is not None:
+        info["params"]["slim"] = sum(p.numel() for p in slim_model.parameters())
+        info["layers"] = _layer_rows(slim_model)
+    if original is not None:
+        info["params"]["full"] = sum(p.numel() for p in original.parameters())
+        for name, row in _layer_rows(original).items():
+            if name in info["layers"]:
+                info["layers"][name]["full"] = {k: v for k, v in row.items() if k in ("in", "out", "channels")}
+    for name, value in (layer_flops or {}).items():
+        info["layers"].setdefault(name, {})["flops"] = value
+    if extra:
+        info.update(extra)
+    return info
+
+
+def write_widths_json(path: PathLike, info: Mapping[str, Any]) -> Path:
+    """Write ``widths.json`` (see :func:`widths_info`); the IndexSpec is required.
+
+    Example:
+        >>> write_widths_json("out/widths.json", widths_info(graph, spec, source="resnet50"))
+    """
+    if "index_spec" not in info:
+        raise SpecError("widths info has no 'index_spec'")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path
+
+
+def read_widths_json(path: PathLike, graph: Optional[ChannelGraph] = None) -> Dict[str, Any]:
+    """Read ``widths.json``; ``info["index_spec"]`` comes back as an IndexSpec (int keys).
+
+    Args:
+        path: the file.
+        graph: when given, the spec is validated against it (recreating an architecture on a
+            model whose groups differ is an error, not a silent mismatch).
+
+    Raises:
+        SpecError: unreadable or malformed file, or a spec that does not fit ``graph``.
+
+    Example:
+        >>> spec = read_widths_json("out/widths.json", graph)["index_spec"]
+    """
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecError(f"cannot read widths file {path}: {exc}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("index_spec"), dict):
+        raise SpecError(f"{path} is not a cafeslim widths file (no 'index_spec' object)")
+    spec = spec_from_json(info["index_spec"])
+    if graph is not None:
+        try:
+            spec = graph.validate_spec(spec)
+        except SpecError as exc:
+            raise SpecError(f"{path} does not fit this model: {exc}") from None
+        groups = info.get("groups")
+        if isinstance(groups, list):
+            for row in groups:
+                gid = row.get("id") if isinstance(row, dict) else None
+                if isinstance(gid, int) and 0 <= gid < len(graph.groups) and \
+                        row.get("channels") != graph.groups[gid].channels:
+                    raise SpecError(f"{path}: group {gid} had {row.get('channels')} channels, "
+                                    f"this model's has {graph.groups[gid].channels}")
+    info["index_spec"] = spec
+    return info
+
+
+# --------------------------------------------------------------------------- all at once
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how faithful each file is.
+
+    Attributes:
+        out_dir: the output folder.
+        paths: format (``pt``, ``pt2``, ``onnx``, ``widths``) -> written file.
+        max_abs: format -> max abs difference from eager PyTorch.
+        parity: format -> that difference divided by the output scale.
+        errors: format -> why it failed (export error or parity outside ``rtol``).
+        rtol: the tolerance relative to output scale that parity was held to.
+    """
+
+    out_dir: Path
+    paths: Dict[str, Path] = field(default_factory=dict)
+    max_abs: Dict[str, float] = field(default_factory=dict)
+    parity: Dict[str, float] = field(default_factory=dict)
+    errors: Dict[str, str] = field(default_factory=dict)
+    rtol: float = DEFAULT_RTOL
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "paths": {k: str(v) for k, v in self.paths.items()},
+                "max_abs": self.max_abs, "parity": self.parity, "errors": self.errors,
+                "rtol": self.rtol, "ok": self.ok}
+
+
+def export_model(model: nn.Module, example_input: torch.Tensor, out_dir: PathLike,
+                 formats: Set[str], widths_info: Optional[Mapping[str, Any]] = None, *,
+                 rtol: float = DEFAULT_RTOL) -> ExportResult:
+    """Write ``model.{pt,pt2,onnx}`` and ``widths.json`` into ``out_dir``; never raises on an
+    exporter's failure, it records it in :attr:`ExportResult.errors`.
+
+    Args:
+        model: the slimmed model.
+        example_input: one input batch at the model's input size.
+        out_dir: created if missing (refusing a non-empty folder is the CLI's job).
+        formats: subset of ``{"pt", "pt2", "onnx"}``.
+        widths_info: content of ``widths.json`` (:func:`widths_info`); None writes none.
+        rtol: parity tolerance relative to the output scale.
+
+    Raises:
+        ConfigError: an unknown format name.
+
+    Example:
+        >>> res = export_model(small, x, "out", {"pt", "onnx"}, widths_info(graph, spec))
+        >>> res.parity["onnx"] <= 1e-4
+        True
+    """
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ConfigError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = ExportResult(out_dir=out, rtol=rtol)
+    with _eval(model), torch.no_grad():
+        scale = output_scale(model(example_input))
+    if widths_info is not None:
+        res.paths["widths"] = write_widths_json(out / "widths.json", widths_info)
+    if "pt" in formats:
+        try:
+            res.paths["pt"] = save_pt(model, out / "model.pt")
+        except Exception as exc:  # e.g. a model holding a lambda cannot be pickled
+            res.errors["pt"] = f"{type(exc).__name__}: {_first_line(exc)}"
+    for fmt, saver in (("pt2", save_pt2), ("onnx", save_onnx)):
+        if fmt not in formats:
+            continue
+        path = out / f"model.{fmt}"
+        try:
+            diff = saver(model, example_input, path)
+        except Exception as exc:
+            res.errors[fmt] = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {_first_line(exc)}"
+            continue
+        res.paths[fmt] = path
+        res.max_abs[fmt] = diff
+        res.parity[fmt] = diff / scale if scale > 0 else diff
+        if not res.parity[fmt] <= rtol:
+            res.errors[fmt] = f"model.{fmt} differs from PyTorch by {res.parity[fmt]:.3g} of the output scale (limit {rtol:g})"
+    return res

@@ -1,0 +1,13 @@
+"""Model creation: from a name (timm, torchvision or ``module:callable``) to a module and its input.
+
+Example:
+    >>> from cafeslim.models import create
+    >>> info = create("timm:test_resnet")
+    >>> info.model(info.example_input()).shape
+    torch.Size([1, 1000])
+"""
+
+from .create import ModelInfo, create, resolve_name
+from .weights import load_weights, read_state_dict
+
+__all__ = ["ModelInfo", "create", "resolve_name", "load_weights", "read_state_dict"]
