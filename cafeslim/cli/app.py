@@ -18,6 +18,7 @@ from ..errors import CafeslimError
 from .check import check_command
 from .export import export_command
 from .inspect import inspect_command
+from .inspect_bins import inspect_bins_command
 
 app = typer.Typer(
     name="cafeslim",
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.command("inspect")(inspect_command)
 app.command("check")(check_command)
 app.command("export")(export_command)
+app.command("inspect-bins")(inspect_bins_command)
 
 
 def _version(value: bool) -> None:

@@ -1,4 +1,5 @@
-"""``cafeslim export``: slim every searchable group uniformly (or to a saved widths.json) and export."""
+"""``cafeslim export``: slim every searchable group uniformly (a fraction, or the uniform widths
+of a FLOPs budget) or to a saved widths.json, and export."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ OrderOpt = Annotated[Order, typer.Option(
     "--order", case_sensitive=False, help="Channels kept: natural order, or largest L1 norm first.")]
 FormatOpt = Annotated[str, typer.Option(
     "--format", metavar="LIST", help=f"Comma-separated formats out of {','.join(FORMATS)}.")]
+FlopsOpt = Annotated[Optional[str], typer.Option(
+    "--flops", metavar="B", show_default=False,
+    help="FLOPs budget (2G, 300M, 1.5e9, 50%, 0.5x): one uniform multiplier for every group, "
+         "landing in [0.97·B, B].")]
 WidthsOpt = Annotated[Optional[Path], typer.Option(
     "--widths", metavar="FILE", show_default=False,
     help="widths.json of an earlier export: recreate that architecture instead of --uniform.")]
@@ -42,12 +47,14 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty 
 
 
 def export_command(model: ModelArg, out_dir: OutOpt, uniform: UniformOpt = None,
-                   order: OrderOpt = Order.natural, formats: FormatOpt = ",".join(FORMATS),
+                   flops: FlopsOpt = None, order: OrderOpt = Order.natural,
+                   formats: FormatOpt = ",".join(FORMATS),
                    widths: WidthsOpt = None, force: ForceOpt = False, weights: WeightsOpt = None,
                    pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None) -> None:
     """Slim MODEL to the same fraction of channels in every searchable group and export it.
 
-    This is the paper's "Uniform" baseline. Writes model.pt (whole module), model.pt2
+    This is the paper's "Uniform" baseline: --uniform F keeps F of every group, --flops B finds
+    the one fraction whose model lands in [0.97·B, B]. Writes model.pt (whole module), model.pt2
     (torch.export), model.onnx (checked with onnxruntime) and widths.json, and prints FLOPs and
     parameters before and after.
 
@@ -57,21 +64,29 @@ def export_command(model: ModelArg, out_dir: OutOpt, uniform: UniformOpt = None,
 
         cafeslim export resnet50 --pretrained --uniform 0.75 --order l1 --format pt,onnx --out exports/r50
 
+        cafeslim export tv:resnet50 --flops 50% --out exports/r50-half
+
         cafeslim export tv:resnet18 --widths exports/r18/widths.json --out exports/r18-again
     """
     fmt = parse_formats(formats)
-    if (uniform is None) == (widths is None):
-        raise ConfigError("pass exactly one of --uniform F or --widths FILE")
+    if (uniform is not None) + (flops is not None) + (widths is not None) != 1:
+        raise ConfigError("pass exactly one of --uniform F, --flops B or --widths FILE")
     if uniform is not None and not 0.0 < uniform <= 1.0:
         raise ConfigError(f"--uniform must be in (0, 1], got {uniform}")
     # Before the (slow) model creation, so a mistyped --out fails at once.
     ensure_empty_dir(out_dir, force)
     info = load_model(model, weights, pretrained, num_classes)
-    from ..export import uniform_export
+    # TODO(lead): re-export uniform_export from cafeslim.export and import it from there.
+    from ..export.formats import ExportError
+    from ..export.pipeline import uniform_export
 
-    report = uniform_export(info, fraction=uniform, order=order.value, formats=fmt,
+    report = uniform_export(info, fraction=uniform, flops=flops, order=order.value, formats=fmt,
                             out_dir=out_dir, widths_file=widths, force=force)
     render_export(info.name, report)
+    errors = getattr(report, "errors", None)
+    if errors:
+        # The other files are written (and listed above); fail so scripts notice the missing one.
+        raise ExportError("; ".join(f"{kind}: {why}" for kind, why in sorted(errors.items())))
 
 
 def parse_formats(text: str) -> List[str]:

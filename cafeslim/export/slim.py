@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import SpecError
-from ..graph.channel_graph import ChannelGraph, IndexSpec, Member
+from ..graph.channel_graph import ChannelGraph, Member
 
 Indices = Dict[str, List[Tuple[int, torch.Tensor]]]
 """Tensor qualname -> ``[(axis, sorted LongTensor of kept entries), ...]`` in axis order."""

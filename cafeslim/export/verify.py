@@ -87,7 +87,7 @@ def random_spec(graph: ChannelGraph, rng: np.random.Generator, prefix: bool, low
 def zero_removed_inputs(model: nn.Module, graph: ChannelGraph, spec: Mapping[int, Sequence[int]]) -> nn.Module:
     """A copy of ``model`` whose consumers ignore the channels ``spec`` removes.
 
-    Every member with role ``in`` (a conv/linear input axis) gets zeros at the removed
+    Every member with role ``in``/``in_std`` (a conv/linear input axis) gets zeros at the removed
     channels; the slimmed model must then compute exactly the same function.
     """
     zeroed = copy.deepcopy(model)
@@ -100,7 +100,7 @@ def zero_removed_inputs(model: nn.Module, graph: ChannelGraph, spec: Mapping[int
             if not removed:
                 continue
             for m in g.members:
-                if m.role != "in":
+                if m.role not in ("in", "in_std"):
                     continue
                 t = tensors[m.qualname]
                 local = [c for c in removed if c < g.block_size] if m.blocks > 1 else removed
@@ -111,10 +111,13 @@ def zero_removed_inputs(model: nn.Module, graph: ChannelGraph, spec: Mapping[int
 
 
 def _has_channel_norm(graph: ChannelGraph, model: nn.Module) -> bool:
-    """LayerNorm/GroupNorm statistics change when channels go; equivalence cannot hold."""
+    """LayerNorm/GroupNorm statistics (and weight standardisation) change when channels go;
+    equivalence with zeroed inputs cannot hold there."""
     mods = dict(model.named_modules())
     for g in graph.searchable:
         for m in g.members:
+            if m.role == "in_std":
+                return True
             if m.role in ("norm", "attr") and isinstance(mods.get(m.module), (nn.LayerNorm, nn.GroupNorm)):
                 return True
             if m.role in ("norm", "attr") and "LayerNorm" in type(mods.get(m.module)).__name__:
@@ -200,7 +203,7 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
             _check_formats(small, example_input, props, details)
     if props["runs"]:
         props["equivalence"] = skip_eq or worst_eq <= EQUIV_RTOL
-        details["equivalence"] = ("n/a: LayerNorm/GroupNorm over searchable channels" if skip_eq
+        details["equivalence"] = ("n/a: LayerNorm/GroupNorm/weight standardisation over searchable channels" if skip_eq
                                   else f"max rel diff {worst_eq:.2e} (limit {EQUIV_RTOL:.0e})")
         props["flops"] = worst_flops <= FLOPS_RTOL
         details["flops"] = f"FlopsModel vs fvcore: worst {100 * worst_flops:.3f}% (limit {100 * FLOPS_RTOL:.1f}%)"

@@ -6,6 +6,9 @@ fvcore traces the model with ``torch.jit.trace`` and counts a fixed set of aten 
 than adaptive average 2-D, ``scaled_dot_product_attention``, ``baddbmm``, ...) costs nothing.
 One multiply-add is one FLOP, so torchvision's ResNet-50 at 224x224 is about 4.1 G.
 
+One deliberate addition to fvcore: convolutions with string padding (``padding="same"``), which
+trace to ``aten::_convolution_mode``, are counted like any other convolution instead of as zero.
+
 This is what the analytic :class:`cafeslim.flops.FlopsModel` must reproduce.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from typing import Dict, Iterator, Tuple, Union
 
 import torch
@@ -38,12 +42,25 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+def _conv_mode_flop_jit(inputs, outputs):
+    """``aten::_convolution_mode``: a conv with string padding (``padding="same"``/``"valid"``).
+
+    fvcore has no handle for it and would count such convs as free (ConvMixer's depthwise convs,
+    6 % of its FLOPs). It is an ordinary, non-transposed convolution, so it is counted exactly
+    like ``aten::_convolution``: N * prod(weight shape) * prod(output spatial).
+    """
+    from fvcore.nn.jit_handles import conv_flop_count, get_shape
+
+    return conv_flop_count(get_shape(inputs[0]), get_shape(inputs[1]), get_shape(outputs[0]))
+
+
 def _analysis(model: nn.Module, example_input: Inputs):
     # Imported lazily: fvcore pulls in iopath/portalocker, which the rest of cafeslim never needs.
     from fvcore.nn import FlopCountAnalysis
 
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     fca = FlopCountAnalysis(model, inputs)
+    fca.set_op_handle("aten::_convolution_mode", _conv_mode_flop_jit)
     # Unsupported ops (relu, add, sdpa, ...) are part of the convention, not a problem to report.
     fca.unsupported_ops_warnings(False)
     fca.uncalled_modules_warnings(False)
@@ -58,8 +75,6 @@ def _quiet() -> Iterator[None]:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield

@@ -71,16 +71,18 @@ class FlopsModel:
         self.unknown_opaque: List[str] = []
         self.remainders: Dict[str, float] = {}
         self.fvcore_full: Optional[float] = None
-        # Per op, for by_module(): (module name, cost or None).
-        self._op_costs: List[Tuple[str, Optional[Cost]]] = []
+        # (module that ran it, cost) of every op fvcore counts, opaque remainders included.
+        self._op_costs: List[Tuple[str, Cost]] = []
         modules = dict(model.named_modules()) if model is not None else {}
-        opaque = []
+        opaque, notrace = [], _notrace_names()
         for op in graph.ops:
-            self._check_full(op)
-            if _is_opaque(op):
+            if _is_opaque(op, notrace):
                 opaque.append(op)
                 continue
-            self._op_costs.append((op.module, op_cost(op, self._form, _std(op, modules))))
+            cost = op_cost(op, self._form, _std(op, modules))
+            if cost is not None:
+                self._check_full(op)
+                self._op_costs.append((op.module, cost))
         per = None
         if model is not None and example_input is not None:
             per = count_flops_by_module(model, example_input)
@@ -140,9 +142,8 @@ class FlopsModel:
         # analytic costs in that module, which `remainders` exposes for diagnosis).
         where = {op.attrs.get("module", op.module) or "" for op in opaque}
         for mod in sorted(where, key=lambda m: -m.count(".") - bool(m)):
-            inside = [c for m, c in self._op_costs if c is not None and
-                      (not mod or m == mod or m.startswith(mod + "."))]
-            rest = float(per.get(mod, 0)) - sum(self._full_cost(c) for c in inside)
+            inside = [c for m, c in self._op_costs if not mod or m == mod or m.startswith(mod + ".")]
+            rest = float(per.get(mod, 0)) - float(sum(self._full_cost(c) for c in inside))
             self.remainders[mod] = rest
             self._op_costs.append((mod, (rest, [])))
 
@@ -182,10 +183,7 @@ class FlopsModel:
         dense = lambda lin: np.bincount([i for i, _ in lin], [x for _, x in lin], minlength=S)
         forms: Dict[Form, int] = {}
         higher: Dict[Tuple[int, ...], float] = {}
-        for _, cost in self._op_costs:
-            if cost is None:
-                continue
-            coef, fs = cost
+        for _, (coef, fs) in self._op_costs:
             var = []
             for f in fs:
                 if f[0]:
@@ -220,8 +218,7 @@ class FlopsModel:
             by_arity.setdefault(len(k), []).append((k, coef))
         self._terms = [(np.array([k for k, _ in ts], dtype=np.intp).T, np.array([c for _, c in ts]))
                        for ts in by_arity.values()]
-        self.constant = sum(self._full_cost(c) for _, c in self._op_costs
-                            if c is not None and not any(f[0] for f in c[1]))
+        self.constant = sum(self._full_cost(c) for _, c in self._op_costs if not any(f[0] for f in c[1]))
         self.full = float(self.evaluate(self._full_w[None])[0])
 
     # ---------------------------------------------------------------- evaluation
@@ -264,15 +261,21 @@ class FlopsModel:
         return out
 
     def vector(self, widths: Mapping[int, int]) -> np.ndarray:
-        """Width vector in :attr:`searchable` order (absent groups at full width)."""
+        """Width vector in :attr:`searchable` order (absent groups at full width).
+
+        Raises:
+            SpecError: an unknown group, a fixed group below its width, or a width outside
+                ``[1, channels]``.
+        """
         for gid, w in widths.items():
             gid = int(gid)
-            if gid in self._col:
-                continue
             if not 0 <= gid < len(self.graph.groups):
                 raise SpecError(f"widths name group {gid}, the graph has {len(self.graph.groups)}")
-            if int(w) != self.graph.groups[gid].channels:
+            g = self.graph.groups[gid]
+            if gid not in self._col and int(w) != g.channels:
                 raise SpecError(f"group {gid} is fixed and cannot be slimmed to {w} channels")
+            if not 1 <= int(w) <= g.channels:
+                raise SpecError(f"group {gid} has {g.channels} channels, cannot keep {w}")
         return self.graph.width_vector({int(k): v for k, v in widths.items()})
 
     def flops(self, widths: Mapping[int, int]) -> float:
@@ -320,10 +323,8 @@ class FlopsModel:
         """
         w = self.vector(widths or {})
         out: Dict[str, float] = {}
-        for module, cost in self._op_costs:
-            if cost is not None:
-                coef, forms = cost
-                out[module] = out.get(module, 0.0) + coef * math.prod(self._value(f, w) for f in forms)
+        for module, (coef, forms) in self._op_costs:
+            out[module] = out.get(module, 0.0) + coef * math.prod(self._value(f, w) for f in forms)
         return out
 
 
@@ -337,15 +338,26 @@ def _tensors(op: OpRecord) -> List[TensorDesc]:
     return [d for d in op.inputs if d is not None]
 
 
-def _is_opaque(op: OpRecord) -> bool:
-    """Opaque ops, and ops whose operands the record does not hold (``einsum(eq, [a, b])``
-    passes its operands in a list), are costed as constants from fvcore."""
-    if op.kind == "opaque":
+def _is_opaque(op: OpRecord, notrace: frozenset = frozenset()) -> bool:
+    """Ops costed as constants from fvcore: opaque ones, calls to functions that tracing keeps
+    whole (timm's registered no-trace functions, e.g. mvitv2's ``cal_rel_pos_type``, whose
+    einsums fvcore counts but the graph cannot see), and ops whose operands the record does not
+    hold (``einsum(eq, [a, b])`` passes its operands in a list)."""
+    if op.kind == "opaque" or (op.kind.startswith("other:") and op.kind[6:] in notrace):
         return True
     if op.kind == "einsum":
         lhs = str(op.attrs.get("equation") or "").split("->")[0]
         return not lhs or len(_tensors(op)) < len(lhs.split(","))
     return False
+
+
+def _notrace_names() -> frozenset:
+    """Names of the functions timm asks fx to keep as single calls (those imported so far)."""
+    try:
+        from timm.models._features_fx import get_notrace_functions
+    except ImportError:
+        return frozenset()
+    return frozenset(getattr(f, "__name__", "") for f in get_notrace_functions())
 
 
 def _std(op: OpRecord, modules: Mapping[str, nn.Module]) -> int:

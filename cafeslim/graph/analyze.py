@@ -92,14 +92,17 @@ def _run_node(ctx: Ctx, node: fx.Node, autowrap: Set[Any]):
     if op == "call_module":
         mod = ctx.modules[node.target]
         out = layers.call_module(ctx, node, mod)
-        if out is not None or not _is_tensor_meta(meta):
+        if out is not None:
             return out
+        if not _is_tensor_meta(meta):
+            return opaque(ctx, node, f"module {type(mod).__name__}")
         if isinstance(mod, _PASS_MODULES):
             if isinstance(mod, (nn.Upsample, nn.UpsamplingBilinear2d, nn.UpsamplingNearest2d)):
                 ctx.kind, ctx.attrs = "upsample", {"mode": getattr(mod, "mode", "nearest")}
             return passthrough(ctx, node)
         if isinstance(mod, _ADAPTIVE_MODULES):
-            ctx.kind, ctx.attrs = "adaptive_avg_pool", {"output_size": mod.output_size}
+            ctx.kind = "adaptive_avg_pool"
+            ctx.attrs = {"output_size": mod.output_size, "dims": next(i + 1 for i, c in enumerate(_ADAPTIVE_MODULES) if isinstance(mod, c))}
             return passthrough(ctx, node)
         if isinstance(mod, nn.Flatten):
             return structure.reshape(ctx, node)
@@ -126,10 +129,13 @@ def _run_node(ctx: Ctx, node: fx.Node, autowrap: Set[Any]):
         return binary(ctx, node)
     if name in _UNARY:
         if name in ("interpolate", "upsample"):
-            ctx.kind, ctx.attrs = "upsample", {"mode": node.kwargs.get("mode", "nearest")}
+            mode = node.args[3] if len(node.args) > 3 else node.kwargs.get("mode", "nearest")
+            ctx.kind, ctx.attrs = "upsample", {"mode": mode}
         return passthrough(ctx, node)
     if name in _POOL_ADAPTIVE:
-        ctx.kind, ctx.attrs = "adaptive_avg_pool", {"output_size": node.args[1] if len(node.args) > 1 else None}
+        ctx.kind = "adaptive_avg_pool"
+        ctx.attrs = {"output_size": node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size"),
+                     "dims": int(name[-2])}
         return passthrough(ctx, node)
     if name == "pad":
         return _pad(ctx, node)
@@ -250,6 +256,15 @@ def _pad(ctx: Ctx, node: fx.Node):
     return passthrough(ctx, node)
 
 
+def _arg_nodes(args):
+    """Tensor arguments in call order, looking inside lists (``einsum(eq, [a, b])``, ``cat``)."""
+    for a in args:
+        if isinstance(a, fx.Node):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from _arg_nodes(a)
+
+
 def _to_desc(v, atom_group: Dict[int, int]) -> Optional[TensorDesc]:
     if isinstance(v, Desc):
         return TensorDesc(v.shape, v.axis, tuple(atom_group[s.atom] for s in v.segs), v.inner)
@@ -280,7 +295,7 @@ def _one_pass(traced: Traced, cuts: Dict[str, Set[int]], autowrap: Set[Any]):
         if node.op in ("call_function", "call_method") and _is_tensor_meta(node.meta.get("tensor_meta")):
             _size_uses(ctx, node, value)
         if node.op in ("call_module", "call_function", "call_method") and _is_tensor_meta(node.meta.get("tensor_meta")):
-            ins = [ctx.value(a) for a in node.args if isinstance(a, fx.Node)]
+            ins = [ctx.value(a) for a in _arg_nodes(node.args)]
             kind = ctx.kind or f"other:{_fname(node)}"
             records.append((node.name, kind, ctx.module_path, ins, value, dict(ctx.attrs)))
     return ctx.state, records

@@ -29,7 +29,7 @@ def _need_axis(ctx: Ctx, node: fx.Node, x, axis: int, what: str) -> Optional[Des
 
 
 def conv(ctx: Ctx, node: fx.Node, x, module: str, weight_shape, groups: int, has_bias: bool,
-         std: bool = False, transposed: bool = False):
+         std: bool = False, transposed: bool = False, extras=()):
     """A convolution whose weight is ``module.weight`` (and bias ``module.bias``)."""
     out_meta = node.meta.get("tensor_meta")
     out_shape = shape_of(out_meta)
@@ -37,7 +37,8 @@ def conv(ctx: Ctx, node: fx.Node, x, module: str, weight_shape, groups: int, has
     in_ch = weight_shape[0] if transposed else weight_shape[1] * groups
     ctx.kind = "conv"
     ctx.attrs = {"groups": groups, "kernel": tuple(weight_shape[2:]), "transposed": transposed,
-                 "depthwise": groups > 1 and groups == in_ch == out_ch}
+                 "depthwise": groups > 1 and groups == in_ch == out_ch,
+                 "std": ("gain" if "gain" in extras else True) if std else False}
     if transposed:
         return opaque(ctx, node, "a transposed convolution")
     xd = _need_axis(ctx, node, x, 1, "conv")
@@ -60,16 +61,28 @@ def conv(ctx: Ctx, node: fx.Node, x, module: str, weight_shape, groups: int, has
                 ctx.state.fix(xd.segs, f"depthwise conv {name} with a channel multiplier")
             return ctx.fresh(node, out_meta, f"depthwise conv {name} with a channel multiplier")
     elif xd is not None:
-        ctx.state.add_member(xd, module, "weight", 1, "in")
-        if std:
-            ctx.state.fix(xd.segs, f"weight-standardised conv {name} normalises over its input channels")
+        # A weight-standardised conv normalises each filter over its inputs: slimming them is
+        # still exact between supernet and slimmed model, like a LayerNorm, but not equivalent
+        # to zeroing the removed inputs (check marks that property n/a).
+        ctx.state.add_member(xd, module, "weight", 1, "in_std" if std else "in")
     out = ctx.producer(node, out_shape, 1, module)
     if groups > 1:
         ctx.state.set_blocks(out.segs, groups, f"grouped conv {name} output blocks")
     ctx.state.add_member(out, module, "weight", 0, "out")
     if has_bias:
         ctx.state.add_member(out, module, "bias", 0, "out")
+    for name in extras:
+        ctx.state.add_member(out, module, name, 0, "out")
     return out
+
+
+def _per_output(mod: nn.Module, out_ch: int):
+    """Other tensors of a conv module with one entry per output channel (a ScaledStdConv's gain)."""
+    names = []
+    for name, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+        if name not in ("weight", "bias") and t.dim() >= 1 and t.shape[0] == out_ch and t.numel() == out_ch:
+            names.append(name)
+    return tuple(names)
 
 
 def linear(ctx: Ctx, node: fx.Node, x, module: str, weight_shape, has_bias: bool):
@@ -127,7 +140,8 @@ def call_module(ctx: Ctx, node: fx.Node, mod: nn.Module):
     path = node.target
     if isinstance(mod, nn.modules.conv._ConvNd):
         return conv(ctx, node, x, path, tuple(mod.weight.shape), mod.groups, mod.bias is not None,
-                    std=is_std_conv(mod), transposed=mod.transposed)
+                    std=is_std_conv(mod), transposed=mod.transposed,
+                    extras=_per_output(mod, mod.out_channels))
     if isinstance(mod, nn.Linear):
         return linear(ctx, node, x, path, tuple(mod.weight.shape), mod.bias is not None)
     if is_bn_like(mod):

@@ -82,6 +82,12 @@ def map_index(in_shape: Sequence[int], axis: int, index) -> Tuple[str, object]:
     expanded.extend([slice(None)] * (rank - sum(1 for i in expanded if i is not None)))
     in_dim = out_dim = 0
     for i in expanded:
+        if isinstance(i, slice) and not all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)):
+            if in_dim == axis:
+                return "drop", "channel slice with computed bounds"
+            in_dim += 1
+            out_dim += 1
+            continue
         if i is None:
             out_dim += 1
             continue

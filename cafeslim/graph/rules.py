@@ -36,6 +36,7 @@ class ParamRef:
     name: str
     shape: Tuple[int, ...]
     dims: Tuple[Optional[int], ...]
+    literal: Tuple[int, ...] = ()  # axes whose size a reshape wrote as a number in the code
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,10 @@ class Ctx:
             if other_axis is None or other_axis < 0 or other.shape[other_axis] == 1:
                 return
             pdim = other.dims[other_axis]
-            if pdim is None or desc.inner != 1 or other.shape[other_axis] != desc.channels:
+            if other_axis in other.literal:
+                self.state.fix(desc.segs, f"'{other.module or other.name}' reshapes a parameter to a channel "
+                                          "count written in forward code")
+            elif pdim is None or desc.inner != 1 or other.shape[other_axis] != desc.channels:
                 self.state.fix(desc.segs, reason)
             else:
                 self.state.add_member(desc, other.module, other.name, pdim, "param")
@@ -165,7 +169,8 @@ def passthrough(ctx: Ctx, node: fx.Node):
     return Plain(out_shape)
 
 
-def reshape_like(ctx: Ctx, node: fx.Node, x, out_shape):
+def reshape_like(ctx: Ctx, node: fx.Node, x, out_shape, literal: Tuple[int, ...] = ()):
+    """Follow the channel axis through a reshape; ``literal`` lists target dims given as numbers."""
     if isinstance(x, ParamRef):
         kept = [d for d in x.dims]
         # track parameters through unsqueeze/view(1, C, 1, 1)-style reshapes only
@@ -173,7 +178,7 @@ def reshape_like(ctx: Ctx, node: fx.Node, x, out_shape):
         if [s for s, _ in non1_in] == [s for s in out_shape if s != 1]:
             it = iter(non1_in)
             dims = tuple(next(it)[1] if s != 1 else None for s in out_shape)
-            return ParamRef(x.module, x.name, tuple(out_shape), dims)
+            return ParamRef(x.module, x.name, tuple(out_shape), dims, literal)
         return Plain(tuple(out_shape))
     if not isinstance(x, Desc):
         return Plain(tuple(out_shape)) if out_shape is not None else None
@@ -183,6 +188,8 @@ def reshape_like(ctx: Ctx, node: fx.Node, x, out_shape):
         ctx.state.fix(x.segs, reason)
         return ctx.fresh(node, node.meta.get("tensor_meta"), reason)
     axis, factor = mapped
+    if axis in literal and out_shape[axis] > 1:
+        ctx.state.fix(x.segs, "reshape to a channel count written in forward code")
     return x.with_axis(out_shape, axis, x.inner * factor)
 
 

@@ -53,7 +53,14 @@ def reshape(ctx: Ctx, node: fx.Node):
     out_shape = shape_of(node.meta.get("tensor_meta"))
     if out_shape is None:
         return None
-    return reshape_like(ctx, node, x, out_shape)
+    literal = ()
+    if node.target in ("view", "reshape") or getattr(node.target, "__name__", "") == "reshape":
+        rest = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
+        sizes = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
+        if isinstance(sizes, (list, tuple)) and len(sizes) == len(out_shape):
+            # a number > 1 written in the code cannot follow a slimmed channel count
+            literal = tuple(j for j, v in enumerate(sizes) if type(v) is int and v > 1)
+    return reshape_like(ctx, node, x, out_shape, literal)
 
 
 def cat(ctx: Ctx, node: fx.Node, stack: bool = False):

@@ -356,3 +356,69 @@ def test_einsum_with_list_operands_is_costed_as_a_constant():
     g = graph_of([(6, False)], [rec], (1, 5, 6))
     assert FlopsModel(g).unknown_opaque == ["e"]
     assert FlopsModel(g, E(), x).full == 5 * 5 * 6
+
+
+def test_width_out_of_range(convnet_fm):
+    with pytest.raises(SpecError):
+        convnet_fm.flops({1: 0})
+    with pytest.raises(SpecError):
+        convnet_fm.flops({1: 7})
+
+
+# ---------------------------------------------------------------- three-operand einsum (degree 3)
+
+class Outer3(nn.Module):
+    def __init__(self, a: int, b: int, c: int):
+        super().__init__()
+        self.l1, self.l2, self.l3 = nn.Linear(4, a), nn.Linear(4, b), nn.Linear(4, c)
+
+    def forward(self, x):
+        return torch.einsum("bi,bj,bk->bijk", self.l1(x), self.l2(x), self.l3(x))
+
+
+def test_products_of_three_widths():
+    x = D((2, 4), 1, (0,))
+    ys = [D((2, n), 1, (i + 1,)) for i, n in enumerate((8, 10, 12))]
+    ops = [OpRecord(f"l{i}", "linear", f"l{i}", (x,), y, {}) for i, y in enumerate(ys)]
+    ops.append(OpRecord("e", "einsum", "", tuple(ys), D((2, 8, 10, 12)), {"equation": "bi,bj,bk->bijk"}))
+    fm = FlopsModel(graph_of([(4, False), (8, True), (10, True), (12, True)], ops, (2, 4)))
+    W = np.array([(8, 10, 12), (4, 5, 6), (1, 10, 12), (8, 1, 1), (3, 7, 2)], dtype=float)
+    expect = [count_flops(Outer3(*map(int, w)), torch.randn(2, 4)) for w in W]
+    np.testing.assert_allclose(fm.evaluate(W), expect, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- functions fx keeps whole
+
+def _cafeslim_flops_test_bmm(x):
+    return torch.einsum("bnc,bmc->bnm", x, x)
+
+
+class NotraceNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return _cafeslim_flops_test_bmm(self.fc(x))
+
+
+def test_timm_notrace_functions_are_costed_from_fvcore():
+    timm_layers = pytest.importorskip("timm.layers")
+    timm_layers.register_notrace_function(_cafeslim_flops_test_bmm)
+    x = D((1, 5, 6), 2, (0,))
+    y = D((1, 5, 6), 2, (1,))
+    ops = [OpRecord("fc", "linear", "fc", (x,), y, {}),
+           OpRecord("f", "other:_cafeslim_flops_test_bmm", "", (y,), D((1, 5, 5)), {})]
+    g = graph_of([(6, False), (6, False)], ops, (1, 5, 6))
+    assert FlopsModel(g).unknown_opaque == ["f"]
+    fm = FlopsModel(g, NotraceNet(), torch.randn(1, 5, 6))
+    assert fm.full == count_flops(NotraceNet(), torch.randn(1, 5, 6)) == 5 * 6 * 6 + 5 * 5 * 6
+
+
+def test_same_padding_convs_are_counted():
+    # fvcore alone counts aten::_convolution_mode (string padding) as zero; count_flops does not.
+    x = torch.randn(1, 4, 16, 16)
+    for groups in (1, 4):
+        same = nn.Conv2d(4, 4, 7, padding="same", groups=groups)
+        assert count_flops(same, x) == count_flops(nn.Conv2d(4, 4, 7, padding=3, groups=groups), x)
+    assert count_flops(nn.Conv2d(4, 4, 3, padding="valid"), x) == 4 * 4 * 9 * 14 * 14

@@ -1,0 +1,152 @@
+"""``cafeslim export``'s pipeline: choose uniform widths (or reload saved ones), slim, write files.
+
+Three ways to pick the architecture, exactly one per call:
+
+- ``fraction=F``: every searchable group keeps ``round(F · block_size)`` channels per block
+  (at least one), the same fraction everywhere.
+- ``flops=B`` (``2G``, ``300M``, ``50%``, ``0.5x``): the paper's "Uniform" baseline for a budget,
+  :func:`~cafeslim.bins.budget.uniform_widths` over one-channel bins, landing in
+  ``[0.97 B, B]`` per the FLOPs model.
+- ``widths_file``: the IndexSpec of an earlier export's ``widths.json``, recreated exactly.
+
+With ``order="l1"`` the kept channels are the most important ones by
+:func:`~cafeslim.bins.order.channel_order` (pretrained models); ``natural`` keeps the first ones.
+FLOPs after slimming are fvcore's count of the slimmed model (the ground truth), not the model's
+prediction; both are recorded in ``widths.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Union
+
+import numpy as np
+
+from ..errors import ConfigError, OutputExistsError
+from .formats import FORMATS, ExportResult, export_model, read_widths_json, widths_info
+from .slim import slim
+
+if TYPE_CHECKING:
+    from ..models import ModelInfo
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class UniformExportReport:
+    """What :func:`uniform_export` did.
+
+    Attributes:
+        flops_before, flops_after: fvcore FLOPs of the full and slimmed model.
+        params_before, params_after: parameter counts.
+        files: the written files (``widths.json`` first, then the model files).
+        widths: searchable group id -> kept channels.
+        flops_predicted: the FLOPs model's value for the kept widths (equals ``flops_after``
+            when the FLOPs model is exact for this model).
+        budget: the parsed budget in FLOPs (``flops=`` only).
+        errors: format -> why that file failed (the others are still written).
+        result: the full :class:`~cafeslim.export.formats.ExportResult` (parity per format).
+    """
+
+    flops_before: float
+    flops_after: float
+    params_before: int
+    params_after: int
+    files: List[Path] = field(default_factory=list)
+    widths: Dict[int, int] = field(default_factory=dict)
+    flops_predicted: float = 0.0
+    budget: Optional[float] = None
+    errors: Dict[str, str] = field(default_factory=dict)
+    result: Optional[ExportResult] = None
+
+
+def _check_out_dir(path: Path, force: bool) -> None:
+    # Same rule as the CLI's ensure_empty_dir, for library callers that skip the CLI.
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output path {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise OutputExistsError(f"output folder {path} exists and is not empty; pass --force to "
+                                "write into it anyway")
+
+
+def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
+                   flops: Union[str, float, None] = None, order: str = "natural",
+                   formats: Collection[str] = FORMATS, out_dir: PathLike,
+                   widths_file: Optional[PathLike] = None, force: bool = False,
+                   low: float = 0.97) -> UniformExportReport:
+    """Slim ``info.model`` uniformly (or to a saved widths.json) and export it.
+
+    Args:
+        info: the model, from :func:`cafeslim.models.create`.
+        fraction: keep this fraction of every searchable group (0 < F ≤ 1).
+        flops: a FLOPs budget (``2G``, ``300M``, ``1.5e9``, ``50%``, ``0.5x``, or a number).
+        order: ``natural`` or ``l1`` (which channels a width keeps).
+        formats: subset of ``pt``, ``pt2``, ``onnx``.
+        out_dir: output folder (must be empty or absent unless ``force``).
+        widths_file: an earlier export's ``widths.json`` to recreate.
+        force: write into a non-empty folder.
+        low: lower end of the budget window, as a fraction of the budget.
+
+    Returns:
+        An :class:`UniformExportReport`.
+
+    Raises:
+        ConfigError: not exactly one of fraction / flops / widths_file, or a bad value.
+        BudgetError: a malformed or unreachable budget.
+        SpecError: a widths file that does not fit the model.
+        OutputExistsError: ``out_dir`` is not empty and ``force`` is False.
+
+    Example:
+        >>> rep = uniform_export(create("tv:resnet18"), flops="50%", out_dir="exports/r18")  # doctest: +SKIP
+        >>> rep.flops_after / rep.flops_before                                             # doctest: +SKIP
+        0.49...
+    """
+    from ..bins import channel_order, channel_space, min_space_flops, parse_budget, uniform_widths
+    from ..flops import FlopsModel, count_flops, count_params
+    from ..graph import analyze
+
+    given = [fraction is not None, flops is not None, widths_file is not None]
+    if sum(given) != 1:
+        raise ConfigError("pass exactly one of a fraction (--uniform F), a budget (--flops B) "
+                          "or a widths file (--widths FILE)")
+    if fraction is not None and not 0.0 < float(fraction) <= 1.0:
+        raise ConfigError(f"the uniform fraction must be in (0, 1], got {fraction}")
+    out = Path(out_dir)
+    _check_out_dir(out, force)
+
+    x = info.example_input()
+    graph = analyze(info.model, x, source=info.name)
+    fm = FlopsModel(graph, info.model, x)
+    extra: Dict[str, Any] = {"method": "uniform", "order": order}
+    budget = None
+    if widths_file is not None:
+        spec = read_widths_json(widths_file, graph)["index_spec"]
+        extra.update(method="widths", widths_file=str(widths_file))
+    else:
+        orders = channel_order(graph, info.model, order)
+        space = channel_space(graph, fm, order=orders)
+        if fraction is not None:
+            k = np.array([max(1, int(np.floor(float(fraction) * g.channels + 0.5)))
+                          for g in space.groups], dtype=np.int64)
+            extra["fraction"] = float(fraction)
+        else:
+            budget = parse_budget(flops, fm.full, min_space_flops(space, fm))
+            k = uniform_widths(space, fm, budget, low=low)
+            extra.update(budget=budget, budget_text=str(flops), window=[low * budget, budget])
+        spec = space.fixed_spec(k)
+
+    small = slim(info.model, graph, spec)
+    flops_before = float(fm.fvcore_full if fm.fvcore_full is not None else count_flops(info.model, x))
+    flops_after = float(count_flops(small, x))
+    predicted = fm.flops(graph.widths_of(spec))
+    extra["flops_predicted"] = predicted
+    meta = widths_info(graph, spec, source=info.name, slim_model=small, original=info.model,
+                       flops=flops_after, full_flops=flops_before, extra=extra)
+    res = export_model(small, x, out, set(formats), meta)
+    files = [res.paths[f] for f in ("widths", *FORMATS) if f in res.paths]
+    return UniformExportReport(
+        flops_before=flops_before, flops_after=flops_after,
+        params_before=count_params(info.model), params_after=count_params(small), files=files,
+        widths=graph.widths_of(spec), flops_predicted=predicted, budget=budget,
+        errors=dict(res.errors), result=res)

@@ -1,0 +1,453 @@
+"""Fitness of a width vector: max-max selection over its locally free candidates (Eq. 13).
+
+A width vector ``k`` (bins kept per searchable group) stands for several sub-networks ``S_c``:
+the aligned candidates of :meth:`SearchSpace.candidates` (candidate 0 is the fixed pattern;
+``r = 0`` leaves only it). Its fitness is the best D_val top-1 among them, each measured after
+recalibrating BatchNorm on training batches; the winner's IndexSpec is what gets exported.
+
+:class:`Fitness` does this on a :class:`~cafeslim.supernet.Supernet`; :class:`FunctionFitness`
+scores widths with a plain function (baselines, tests). Both share :class:`CachedFitness`:
+results are cached by ``tuple(k)`` and can be written to and read from JSON records (one line
+of ``search.jsonl`` each) — a record stores the winning candidate's index, not its IndexSpec,
+which :meth:`CachedFitness.candidate_specs` rebuilds exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..graph import IndexSpec
+
+Key = Tuple[int, ...]
+Batches = Union[Callable[[], Iterable[Any]], Iterable[Any]]
+
+
+def as_key(k: Sequence[int]) -> Key:
+    """The cache key of a width vector: a tuple of python ints.
+
+    Example:
+        >>> as_key(np.array([3, 1, 2]))
+        (3, 1, 2)
+    """
+    return tuple(int(v) for v in k)
+
+
+@dataclass
+class FitnessResult:
+    """The max-max fitness of one width vector.
+
+    Attributes:
+        k: bins kept per searchable group.
+        top1: best D_val top-1 over the candidates (a fraction in [0, 1]).
+        best_spec: IndexSpec of the winning candidate (what is exported).
+        candidate_top1s: top-1 of every candidate, in candidate order.
+        flops: FLOPs of the winning candidate (a free pattern that takes a group's smaller last
+            bin keeps fewer channels than the fixed pattern of ``k``).
+        candidate: index of the winner among the candidates (ties go to the lowest index).
+        recal_s, eval_s: seconds spent on BN recalibration and on evaluation for this vector.
+    """
+
+    k: Key
+    top1: float
+    best_spec: IndexSpec
+    candidate_top1s: Tuple[float, ...]
+    flops: float
+    candidate: int = 0
+    recal_s: float = 0.0
+    eval_s: float = 0.0
+
+    @property
+    def flops_of_best_spec(self) -> float:
+        return self.flops
+
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-ready record (no IndexSpec; see :meth:`CachedFitness.load_cache`).
+
+        Example:
+            >>> FitnessResult((2,), 0.5, {0: [0, 1]}, (0.5,), 1e6).to_json()["top1"]
+            0.5
+        """
+        return {"k": list(self.k), "top1": float(self.top1), "flops": float(self.flops),
+                "candidate": int(self.candidate),
+                "candidate_top1s": [float(t) for t in self.candidate_top1s],
+                "recal_s": round(float(self.recal_s), 6), "eval_s": round(float(self.eval_s), 6)}
+
+
+@dataclass
+class FitnessStats:
+    """Where the fitness time went (for the throughput report).
+
+    Attributes:
+        widths: width vectors evaluated (cache misses).
+        hits: cache hits.
+        candidates: candidate sub-networks evaluated.
+        prepare_s: building gather plans for new specs.
+        recal_s: BN recalibration forwards.
+        eval_s: D_val forwards and top-1.
+        recal_images, eval_images: images forwarded by each.
+    """
+
+    widths: int = 0
+    hits: int = 0
+    candidates: int = 0
+    prepare_s: float = 0.0
+    recal_s: float = 0.0
+    eval_s: float = 0.0
+    recal_images: int = 0
+    eval_images: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.prepare_s + self.recal_s + self.eval_s
+
+    def summary(self) -> Dict[str, float]:
+        """Widths per second and the share of time in each part.
+
+        Example:
+            >>> FitnessStats(widths=4, recal_s=1.0, eval_s=1.0).summary()["widths_per_s"]
+            2.0
+        """
+        s = self.seconds
+        share = (lambda v: v / s if s > 0 else 0.0)
+        return {"widths": self.widths, "hits": self.hits, "candidates": self.candidates,
+                "seconds": s, "widths_per_s": self.widths / s if s > 0 else 0.0,
+                "candidates_per_s": self.candidates / s if s > 0 else 0.0,
+                "prepare_share": share(self.prepare_s), "recal_share": share(self.recal_s),
+                "eval_share": share(self.eval_s)}
+
+
+class CachedFitness:
+    """Base class: caching by ``tuple(k)``, candidate specs, JSON records.
+
+    Subclasses implement :meth:`_evaluate`. Calling the object returns the cached result when
+    there is one.
+
+    Args:
+        space: the :class:`~cafeslim.bins.SearchSpace` the widths belong to.
+        offset: r of Eq. 5 for the candidates (default: the space's).
+        extra_candidates: candidates mixing free choices per group at random, on top of the
+            aligned ones; drawn from a generator seeded by ``k``, so they are reproducible.
+        flops_model: prices the winning spec (``nan`` when None).
+    """
+
+    def __init__(self, space: Any, offset: Optional[int] = None, extra_candidates: int = 0,
+                 flops_model: Any = None) -> None:
+        self.space = space
+        self.offset = int(space.offset if offset is None else offset)
+        self.extra_candidates = int(extra_candidates)
+        self.flops_model = flops_model
+        self.cache: Dict[Key, FitnessResult] = {}
+        self.stats = FitnessStats()
+
+    def __call__(self, k: Sequence[int]) -> FitnessResult:
+        key = as_key(k)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.stats.hits += 1
+            return hit
+        result = self._evaluate(key)
+        self.cache[key] = result
+        self.stats.widths += 1
+        return result
+
+    def _evaluate(self, k: Key) -> FitnessResult:
+        raise NotImplementedError
+
+    def cached(self, k: Sequence[int]) -> Optional[FitnessResult]:
+        """The cached result of ``k``, or None (never evaluates)."""
+        return self.cache.get(as_key(k))
+
+    def candidate_specs(self, k: Sequence[int]) -> List[IndexSpec]:
+        """The distinct candidates of ``k``; candidate 0 is the fixed pattern.
+
+        Example:
+            >>> len(fitness.candidate_specs(space.num_bins // 2))           # doctest: +SKIP
+            3
+        """
+        from ..supernet.supernet import spec_key
+
+        key = as_key(k)
+        if self.extra_candidates:
+            # Seeded by k: the same width always has the same candidates (cache records hold
+            # only the winner's index).
+            rng = np.random.default_rng([7, *key])
+            specs = self.space.sample_candidates(key, self.extra_candidates, rng, r=self.offset)
+        else:
+            specs = self.space.candidates(key, r=self.offset)
+        seen, out = set(), []
+        for s in specs:
+            sk = spec_key(self.space.graph, s)
+            if sk not in seen:
+                seen.add(sk)
+                out.append(s)
+        return out
+
+    def spec_flops(self, spec: Mapping[int, Sequence[int]]) -> float:
+        """FLOPs of an IndexSpec by the FLOPs model (``nan`` without one)."""
+        if self.flops_model is None:
+            return math.nan
+        graph = self.space.graph
+        w = graph.width_vector(graph.widths_of(spec))
+        return float(self.flops_model.evaluate(w[None])[0])
+
+    def cache_state(self) -> List[Dict[str, Any]]:
+        """Every cached result as a JSON record (:meth:`FitnessResult.to_json`)."""
+        return [r.to_json() for r in self.cache.values()]
+
+    def load_cache(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Fill the cache from JSON records (``search.jsonl`` lines or :meth:`cache_state`).
+
+        Records need ``k``, ``top1``, ``candidate``; the IndexSpec is rebuilt from the
+        candidate index. Keys already cached are left alone; records of a width with fewer
+        candidates than the recorded index (another offset) are skipped.
+
+        Returns:
+            How many results were added.
+
+        Example:
+            >>> fitness.load_cache(json.loads(line) for line in open("search.jsonl"))  # doctest: +SKIP
+            412
+        """
+        added = 0
+        for rec in records:
+            key = as_key(rec["k"])
+            if key in self.cache or len(key) != len(self.space.groups):
+                continue
+            specs = self.candidate_specs(key)
+            c = int(rec.get("candidate", 0))
+            if not 0 <= c < len(specs):
+                continue
+            flops = rec.get("flops")
+            self.cache[key] = FitnessResult(
+                key, float(rec["top1"]), specs[c], tuple(float(t) for t in rec.get("candidate_top1s", ())),
+                float(flops) if flops is not None else self.spec_flops(specs[c]), c,
+                float(rec.get("recal_s", 0.0)), float(rec.get("eval_s", 0.0)))
+            added += 1
+        return added
+
+    def clear(self) -> None:
+        """Forget every cached result (after the supernet's weights change, e.g. a new stage)."""
+        self.cache.clear()
+
+
+class FunctionFitness(CachedFitness):
+    """Fitness from a plain function of the width vector, with the fixed pattern as the spec.
+
+    Example:
+        >>> fit = FunctionFitness(lambda k: float(np.sum(k)), space)          # doctest: +SKIP
+        >>> fit(space.num_bins).top1                                          # doctest: +SKIP
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], float], space: Any, flops_model: Any = None) -> None:
+        super().__init__(space, offset=0, flops_model=flops_model)
+        self.fn = fn
+
+    def _evaluate(self, k: Key) -> FitnessResult:
+        t0 = time.perf_counter()
+        top1 = float(self.fn(np.asarray(k, dtype=np.int64)))
+        spec = self.space.fixed_spec(k)
+        self.stats.candidates += 1
+        dt = time.perf_counter() - t0
+        self.stats.eval_s += dt
+        return FitnessResult(k, top1, spec, (top1,), self.spec_flops(spec), 0, 0.0, dt)
+
+
+class _Replay:
+    """Re-iterable batches: the first ``limit`` batches of a source, kept in memory when small.
+
+    Recalibration and evaluation read the same batches for every candidate; re-running a data
+    loader each time (decode, resize) can cost more than the forwards. The first complete pass
+    is kept if it fits in ``max_bytes``; otherwise every pass streams from the source again.
+    """
+
+    def __init__(self, source: Batches, limit: Optional[int], max_bytes: int) -> None:
+        self.source, self.limit, self.max_bytes = source, limit, max_bytes
+        self._kept: Optional[List[Any]] = None
+
+    def _open(self) -> Iterator[Any]:
+        return iter(self.source() if callable(self.source) else self.source)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        got: List[Any] = []
+        size, n = 0, 0
+        keep = self.max_bytes > 0
+        if self.limit is not None and self.limit <= 0:
+            return
+        for batch in self._open():
+            n += 1
+            if keep:
+                got.append(batch)
+                size += _nbytes(batch)
+                keep = size <= self.max_bytes
+                if not keep:
+                    got = []
+            last = self.limit is not None and n >= self.limit
+            if keep and last:
+                self._kept = got  # complete before yielding: the consumer may stop here
+            yield batch
+            if last:
+                return  # never load a batch that will not be used
+        if keep:
+            self._kept = got
+
+
+def _nbytes(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.element_size() * batch.nelement()
+    if isinstance(batch, (tuple, list)):
+        return sum(_nbytes(b) for b in batch)
+    if isinstance(batch, Mapping):
+        return sum(_nbytes(b) for b in batch.values())
+    return 0
+
+
+def _xy(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, Mapping):
+        return batch.get("image", batch.get("images")), batch.get("label", batch.get("target"))
+    return batch[0], batch[1]
+
+
+class Fitness(CachedFitness):
+    """Max-max fitness of width vectors on a trained supernet (Eq. 13).
+
+    For every candidate of ``k``: recalibrate BatchNorm on ``recal_n`` training batches
+    (:func:`~cafeslim.supernet.recalibrate_bn`), then measure top-1 on D_val in eval mode under
+    ``torch.inference_mode``. The fitness is the best candidate's top-1 and its IndexSpec is the
+    result. The same batches are used for every candidate (kept in memory when they fit in
+    ``cache_mb``), so scores are deterministic and comparable.
+
+    Args:
+        supernet: a :class:`~cafeslim.supernet.Supernet` (or a DDP wrapper of one).
+        space: its :class:`~cafeslim.bins.SearchSpace`.
+        recal_batches: training batches for recalibration: a list, a re-iterable (data
+            loader) or a callable returning a fresh iterable. Use a fixed order (``Data.calib``).
+        val_batches: D_val batches ``(images, labels)``, same forms.
+        recal_n: batches per recalibration (paper/AutoSlim: 20).
+        eval_n: D_val batches per evaluation (None: all).
+        offset: r of Eq. 5 (default: the space's; 0 scores the fixed pattern only).
+        device: where images go (default: the supernet's device).
+        flops_model: prices the winning spec (:class:`~cafeslim.flops.FlopsModel`).
+        extra_candidates: see :class:`CachedFitness`.
+        cache_mb: keep recalibration and D_val batches in memory up to this size each
+            (0: always re-read them).
+        channels_last: feed images in channels-last memory format.
+
+    Example:
+        >>> fit = Fitness(supernet, space, data.calib, data.val, recal_n=20, flops_model=fm)
+        >>> res = fit(space.num_bins // 2)
+        >>> res.top1, len(res.candidate_top1s), res.best_spec is fit(space.num_bins // 2).best_spec
+        (0.41, 3, True)
+    """
+
+    def __init__(self, supernet: torch.nn.Module, space: Any, recal_batches: Batches, val_batches: Batches,
+                 recal_n: int = 20, eval_n: Optional[int] = None, offset: Optional[int] = None,
+                 device: Union[None, str, torch.device] = None, *, flops_model: Any = None,
+                 extra_candidates: int = 0, cache_mb: float = 512, channels_last: bool = False) -> None:
+        from ..supernet.supernet import unwrap
+
+        super().__init__(space, offset, extra_candidates, flops_model)
+        if recal_n < 1:
+            raise ValueError(f"recal_n must be at least 1, got {recal_n}")
+        if eval_n is not None and eval_n < 1:
+            raise ValueError(f"eval_n must be at least 1 or None, got {eval_n}")
+        self.supernet = supernet
+        self.net = unwrap(supernet)
+        self.recal_n, self.eval_n = int(recal_n), eval_n
+        self.device = torch.device(device) if device is not None else self.net._device()
+        self.channels_last = bool(channels_last)
+        max_bytes = int(cache_mb * 2**20)
+        self.recal = _Replay(recal_batches, self.recal_n, max_bytes)
+        self.val = _Replay(val_batches, eval_n, max_bytes)
+
+    def _evaluate(self, k: Key) -> FitnessResult:
+        tops, recal_s, eval_s = [], 0.0, 0.0
+        specs = self.candidate_specs(k)
+        for spec in specs:
+            top1, r, e = self._score(spec)
+            tops.append(top1)
+            recal_s, eval_s = recal_s + r, eval_s + e
+        best = int(np.argmax(tops))  # first maximum: ties go to the fixed pattern
+        return FitnessResult(k, tops[best], specs[best], tuple(tops), self.spec_flops(specs[best]),
+                             best, recal_s, eval_s)
+
+    def score_spec(self, spec: Optional[Mapping[int, Sequence[int]]]) -> float:
+        """D_val top-1 of one IndexSpec after BN recalibration (not cached).
+
+        The supernet keeps the recalibrated statistics of ``spec`` afterwards, so an export
+        right after it uses the very statistics that were scored.
+
+        Example:
+            >>> fit.score_spec(result.best_spec) == result.top1                  # doctest: +SKIP
+            True
+        """
+        return self._score(spec)[0]
+
+    def _score(self, spec: Optional[Mapping[int, Sequence[int]]]) -> Tuple[float, float, float]:
+        from ..supernet.bn import recalibrate_bn
+
+        t0 = time.perf_counter()
+        self.net.prepare(spec)  # gather plan: counted apart, it is paid once per spec
+        t1 = time.perf_counter()
+        counter = [0]
+        recalibrate_bn(self.supernet, spec, _counted(self.recal, counter), max_batches=self.recal_n,
+                       channels_last=self.channels_last)
+        t2 = time.perf_counter()
+        top1, n = self._top1(spec)
+        t3 = time.perf_counter()
+        st = self.stats
+        st.candidates += 1
+        st.prepare_s += t1 - t0
+        st.recal_s += t2 - t1
+        st.eval_s += t3 - t2
+        st.recal_images += counter[0]
+        st.eval_images += n
+        return top1, t2 - t1 + (t1 - t0), t3 - t2
+
+    def _top1(self, spec: Optional[Mapping[int, Sequence[int]]]) -> Tuple[float, int]:
+        from ..errors import DataError
+
+        net = self.net
+        modes = [(m, m.training) for m in net.modules()]
+        previous = net.spec
+        correct = total = 0
+        try:
+            net.eval()
+            net.set_subnet(spec)
+            with torch.inference_mode():
+                for batch in self.val:
+                    x, y = _xy(batch)
+                    x = x.to(self.device, non_blocking=True)
+                    if self.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    out = net(x)
+                    if isinstance(out, (tuple, list)):
+                        out = out[0]
+                    correct += int((out.argmax(1).cpu() == y.view(-1).cpu()).sum())
+                    total += int(y.numel())
+        finally:
+            net.set_subnet(previous)
+            for m, mode in modes:
+                m.training = mode
+        if total == 0:
+            raise DataError("the D_val loader is empty: nothing to evaluate the search on")
+        return correct / total, total
+
+
+def _counted(batches: Iterable[Any], counter: List[int]) -> Iterator[Any]:
+    """Pass batches through, adding their image counts to ``counter[0]``."""
+    for b in batches:
+        x = b if isinstance(b, torch.Tensor) else (_xy(b)[0])
+        counter[0] += int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() else 0
+        yield b
+
+
+__all__ = ["CachedFitness", "Fitness", "FitnessResult", "FitnessStats", "FunctionFitness", "as_key"]
