@@ -105,9 +105,12 @@ def inspect_bins_command(model: ModelArg, beta: BetaOpt = 1.0, divisor: DivisorO
     if plot is not None:
         plot_bins(space, plot, title=f"{info.name}: " + _space_label(space))
     if json_out:
-        from ..bins import bins_json
+        from ..bins import bins_json, stage_log10_sizes
 
-        print_json(bins_json(space, info.name))
+        doc = bins_json(space, info.name)
+        if stages > 1 and bins is BinMode.flops:   # Eq. 14 over the stages, as in the table
+            doc["log10_space"] = stage_log10_sizes(graph, fm, beta, stages, alpha, **common)[0]
+        print_json(doc)
         return
     render_bins(info.name, graph, fm, space, flops_space, uniform_space, stages, alpha, common)
     if plot is not None:

@@ -157,15 +157,17 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
             reasons[r] = reasons.get(r, 0) + 1
     report = CheckReport(name, False, props, details, len(graph.searchable), len(graph.fixed), reasons)
     report.params = count_params(model)
-    report.flops = count_flops(model, example_input)
     props["searchable"] = bool(graph.searchable)
     details["searchable"] = f"{len(graph.searchable)} searchable, {len(graph.fixed)} fixed groups"
     if not graph.searchable:
+        report.flops = count_flops(model, example_input)
         for p in PROPERTIES[1:]:
             props[p] = False
             details[p] = "no searchable group"
         return report
     fm = FlopsModel(graph, model, example_input)
+    # FlopsModel ran fvcore on the full model already (to cost opaque ops); no second count
+    report.flops = int(fm.fvcore_full if fm.fvcore_full is not None else count_flops(model, example_input))
     half = {g.id: max(g.blocks, (g.channels // 2) // g.blocks * g.blocks) for g in graph.searchable}
     report.uniform_half_flops_ratio = float(fm.flops(half) / fm.full) if fm.full else None
     with torch.no_grad():

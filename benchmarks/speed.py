@@ -1,0 +1,253 @@
+"""Supernet training cost on this CPU, measured side by side (issue 4, "Must show").
+
+Ratios, each from steps interleaved in one run so that load changes hit both sides alike:
+
+(a) a training step of a sub-network at about 50 % FLOPs (uniform width found with FlopsModel,
+    run through the supernet) / a training step of the plain full model, same batch;
+(b) a min-min step with r = 1 / a random step with r = 0 (the same sampled widths on both
+    sides), with full-batch selection and with ``select_batch = 0.25``;
+(c) peak memory of supernet (min-min, r = 1) training / plain training of the full model, each
+    in its own fresh process: peak resident set size (``VmHWM`` of /proc/self/status), as a
+    total and as the growth above the process's size before its first step.
+
+A step is zero_grad + forward + cross-entropy + backward + SGD (momentum 0.9) step. Every
+ratio is the median over repetitions of the paired ratio (both sides measured back to back).
+
+Usage:
+    python benchmarks/speed.py                       # resnet50, 128 px, batch 16, 2 threads
+    python benchmarks/speed.py --size 160 --reps 7 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cafeslim.bins.make import make_bins
+from cafeslim.flops import FlopsModel
+from cafeslim.graph import analyze
+from cafeslim.models import create
+from cafeslim.supernet import MinMinConfig, Supernet, minmin_step
+
+TARGETS = {"sub50_over_full": 0.65, "minmin_over_random": 1.3, "minmin_sb025_over_random": 1.15,
+           "peak_mem_supernet_over_plain": 1.2}
+
+
+def _setup(args):
+    torch.manual_seed(0)
+    info = create(args.model, num_classes=1000)
+    model = info.model.eval()
+    x1 = torch.randn(1, 3, args.size, args.size)
+    graph = analyze(model, x1, source=args.model)
+    fm = FlopsModel(graph)
+    space = make_bins(graph, fm, beta=args.beta)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = Supernet(model, graph, space).train()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (args.batch,), generator=gen)
+    return net, graph, fm, space, x, y
+
+
+def half_flops_spec(graph, fm, target=0.5):
+    """Prefix spec of one uniform width fraction whose FLOPs are closest to ``target``."""
+    def spec(f):
+        return graph.prefix_spec({g.id: max(g.blocks, int(round(f * g.block_size)) * g.blocks)
+                                  for g in graph.searchable})
+    lo, hi = 0.05, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if fm.flops(graph.widths_of(spec(mid))) / fm.full < target:
+            lo = mid
+        else:
+            hi = mid
+    s = spec((lo + hi) / 2)
+    return s, fm.flops(graph.widths_of(s)) / fm.full, (lo + hi) / 2
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench_subnet(args, net, graph, fm, x, y) -> Dict[str, object]:
+    model = net.model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    spec, ratio, frac = half_flops_spec(graph, fm)
+
+    def full_step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    def sub_step():
+        net.set_subnet(spec)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        net.set_subnet(None)
+
+    for fn in (full_step, sub_step):
+        fn()  # warm-up: allocator, oneDNN primitives for these shapes
+    full, sub, pairs = [], [], []
+    for rep in range(args.reps):
+        # Alternate which side goes first, so a load change within a pair favours neither.
+        order = (full_step, sub_step) if rep % 2 == 0 else (sub_step, full_step)
+        t = {fn: _timed(fn) for fn in order}
+        full.append(t[full_step])
+        sub.append(t[sub_step])
+        pairs.append(t[sub_step] / t[full_step])
+    return {"sub50_over_full": float(np.median(pairs)), "sub_flops_ratio": ratio, "width_fraction": frac,
+            "full_step_s": float(np.median(full)), "sub_step_s": float(np.median(sub))}
+
+
+def bench_minmin(args, net, space, x, y) -> Dict[str, object]:
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+    configs = {"random": MinMinConfig(offset=0), "minmin": MinMinConfig(offset=1),
+               "minmin_sb025": MinMinConfig(offset=1, select_batch=0.25)}
+
+    def run(cfg: MinMinConfig, seeds: List[int]) -> float:
+        total = 0.0
+        for s in seeds:
+            total += _timed(lambda: minmin_step(net, space, x, y, F.cross_entropy, opt, cfg,
+                                                np.random.default_rng(s), progress=1.0))
+        return total
+
+    run(configs["minmin"], [10_000])  # warm-up
+    times: Dict[str, List[float]] = {k: [] for k in configs}
+    ratios: Dict[str, List[float]] = {"minmin": [], "minmin_sb025": []}
+    for rep in range(args.reps):
+        # The same width vectors (seeds) for every configuration of a repetition: the cost of
+        # a step depends strongly on its widths.
+        seeds = [rep * 1000 + i for i in range(args.steps)]
+        names = list(configs) if rep % 2 == 0 else list(reversed(configs))
+        t = {n: run(configs[n], seeds) for n in names}
+        for n in configs:
+            times[n].append(t[n] / args.steps)
+        for n in ratios:
+            ratios[n].append(t[n] / t["random"])
+    return {"minmin_over_random": float(np.median(ratios["minmin"])),
+            "minmin_sb025_over_random": float(np.median(ratios["minmin_sb025"])),
+            **{f"{n}_step_s": float(np.median(v)) for n, v in times.items()}}
+
+
+# ----------------------------------------------------------------------------- memory
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_child(args) -> None:
+    """Run in a fresh process: train ``args.memory_child`` and print its peak RSS as JSON."""
+    net, graph, fm, space, x, y = _setup(args)
+    model = net.model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    base = _rss_kib("VmRSS")
+    if args.memory_child == "plain":
+        for _ in range(args.mem_steps):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    else:
+        rng = np.random.default_rng(0)
+        cfg = MinMinConfig(offset=1)
+        for _ in range(args.mem_steps):
+            minmin_step(net, space, x, y, F.cross_entropy, opt, cfg, rng, progress=1.0)
+
+        # The worst case: the widest width that still has three candidates (every group one
+        # bin short of full), so gathered weight copies are nearly full size.
+        class Widest:
+            def sample(self, rng, n=1):
+                return (space.num_bins - 1).reshape(1, -1)
+
+            def __getattr__(self, name):
+                return getattr(space, name)
+
+        for _ in range(2):
+            minmin_step(net, Widest(), x, y, F.cross_entropy, opt, cfg, rng, progress=1.0)
+    print(json.dumps({"peak_kib": _rss_kib("VmHWM"), "base_kib": base}))
+
+
+def bench_memory(args) -> Dict[str, object]:
+    out = {}
+    for mode in ("plain", "supernet"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", mode,
+               "--model", args.model, "--size", str(args.size), "--batch", str(args.batch),
+               "--beta", str(args.beta), "--mem-steps", str(args.mem_steps)]
+        if args.channels_last:
+            cmd.append("--channels-last")
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    p, s = out["plain"], out["supernet"]
+    return {"peak_mem_supernet_over_plain": s["peak_kib"] / p["peak_kib"],
+            "peak_growth_supernet_over_plain": (s["peak_kib"] - s["base_kib"]) / (p["peak_kib"] - p["base_kib"]),
+            "plain_peak_mib": p["peak_kib"] / 1024, "supernet_peak_mib": s["peak_kib"] / 1024,
+            "plain_base_mib": p["base_kib"] / 1024, "supernet_base_mib": s["base_kib"] / 1024}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="tv:resnet50")
+    ap.add_argument("--size", type=int, default=128, help="input side in pixels")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--beta", type=float, default=1.0, help="β of the bins (Eq. 9)")
+    ap.add_argument("--reps", type=int, default=7, help="repetitions (medians are reported)")
+    ap.add_argument("--steps", type=int, default=3, help="min-min steps per repetition and side")
+    ap.add_argument("--mem-steps", type=int, default=4)
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: subnet,minmin,memory")
+    ap.add_argument("--json", default="", help="also write the results to this file")
+    ap.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args)
+        return
+    skip = set(filter(None, args.skip.split(",")))
+    t0 = time.perf_counter()
+    res: Dict[str, object] = {"model": args.model, "size": args.size, "batch": args.batch,
+                              "threads": args.threads, "reps": args.reps, "steps": args.steps,
+                              "channels_last": args.channels_last, "torch": torch.__version__}
+    net, graph, fm, space, x, y = _setup(args)
+    res["bins"] = int(space.num_bins.sum())
+    if "subnet" not in skip:
+        res.update(bench_subnet(args, net, graph, fm, x, y))
+        print(f"(a) sub-network at {100 * res['sub_flops_ratio']:.1f}% FLOPs / full step: "
+              f"{res['sub50_over_full']:.3f}  (target <= {TARGETS['sub50_over_full']})", flush=True)
+    if "minmin" not in skip:
+        res.update(bench_minmin(args, net, space, x, y))
+        print(f"(b) min-min r=1 / random r=0: {res['minmin_over_random']:.3f} (target <= "
+              f"{TARGETS['minmin_over_random']}); select_batch 0.25: {res['minmin_sb025_over_random']:.3f} "
+              f"(target <= {TARGETS['minmin_sb025_over_random']})", flush=True)
+    if "memory" not in skip:
+        res.update(bench_memory(args))
+        print(f"(c) peak RSS supernet / plain: {res['peak_mem_supernet_over_plain']:.3f} "
+              f"(target <= {TARGETS['peak_mem_supernet_over_plain']}); growth above the "
+              f"pre-training size: {res['peak_growth_supernet_over_plain']:.3f}", flush=True)
+    res["wall_s"] = time.perf_counter() - t0
+    print(json.dumps(res, indent=1))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
