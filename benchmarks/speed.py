@@ -28,15 +28,21 @@ import sys
 import time
 from typing import Callable, Dict, List
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+# The benchmark machines are shared. Spinning OpenMP workers (the default wait policy) then
+# fight other processes for the cores and a step takes 3-4x longer with huge variance; passive
+# waiting measures the work itself. Set before torch starts its thread pool; inherited by the
+# memory subprocesses.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cafeslim.bins.make import make_bins
-from cafeslim.flops import FlopsModel
-from cafeslim.graph import analyze
-from cafeslim.models import create
-from cafeslim.supernet import MinMinConfig, Supernet, minmin_step
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from cafeslim.bins.make import make_bins  # noqa: E402
+from cafeslim.flops import FlopsModel  # noqa: E402
+from cafeslim.graph import analyze  # noqa: E402
+from cafeslim.models import create  # noqa: E402
+from cafeslim.supernet import MinMinConfig, Supernet, minmin_step  # noqa: E402
 
 TARGETS = {"sub50_over_full": 0.65, "minmin_over_random": 1.3, "minmin_sb025_over_random": 1.15,
            "peak_mem_supernet_over_plain": 1.2}
@@ -117,7 +123,11 @@ def bench_subnet(args, net, graph, fm, x, y) -> Dict[str, object]:
 def bench_minmin(args, net, space, x, y) -> Dict[str, object]:
     opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
     configs = {"random": MinMinConfig(offset=0), "minmin": MinMinConfig(offset=1),
-               "minmin_sb025": MinMinConfig(offset=1, select_batch=0.25)}
+               "minmin_sb025": MinMinConfig(offset=1, select_batch=0.25),
+               "minmin_sb0125": MinMinConfig(offset=1, select_batch=0.125)}
+    if args.select_dtype:
+        configs["minmin_lp"] = MinMinConfig(offset=1, select_dtype=args.select_dtype)
+        configs["minmin_sb025_lp"] = MinMinConfig(offset=1, select_batch=0.25, select_dtype=args.select_dtype)
 
     def run(cfg: MinMinConfig, seeds: List[int]) -> float:
         total = 0.0
@@ -128,7 +138,7 @@ def bench_minmin(args, net, space, x, y) -> Dict[str, object]:
 
     run(configs["minmin"], [10_000])  # warm-up
     times: Dict[str, List[float]] = {k: [] for k in configs}
-    ratios: Dict[str, List[float]] = {"minmin": [], "minmin_sb025": []}
+    ratios: Dict[str, List[float]] = {n: [] for n in configs if n != "random"}
     for rep in range(args.reps):
         # The same width vectors (seeds) for every configuration of a repetition: the cost of
         # a step depends strongly on its widths.
@@ -139,9 +149,24 @@ def bench_minmin(args, net, space, x, y) -> Dict[str, object]:
             times[n].append(t[n] / args.steps)
         for n in ratios:
             ratios[n].append(t[n] / t["random"])
-    return {"minmin_over_random": float(np.median(ratios["minmin"])),
-            "minmin_sb025_over_random": float(np.median(ratios["minmin_sb025"])),
+    return {**{f"{n}_over_random": float(np.median(v)) for n, v in ratios.items()},
             **{f"{n}_step_s": float(np.median(v)) for n, v in times.items()}}
+
+
+def bench_overheads(args, net, space, x) -> Dict[str, object]:
+    """Per-spec costs of the supernet: the plan (indices, attributes), the weight gather."""
+    rng = np.random.default_rng(123)
+    prep, gather, fwd = [], [], []
+    for k in space.sample(rng, args.reps):
+        spec = space.candidates(k)[-1]  # a locally free (scattered) candidate
+        net._prepared.clear()
+        prep.append(_timed(lambda: net.set_subnet(spec)))
+        with torch.inference_mode():
+            gather.append(_timed(net.sliced))
+            fwd.append(_timed(lambda: net(x)))
+    net.set_subnet(None)
+    return {"prepare_ms": 1e3 * float(np.median(prep)), "gather_ms": 1e3 * float(np.median(gather)),
+            "inference_forward_ms": 1e3 * float(np.median(fwd))}
 
 
 # ----------------------------------------------------------------------------- memory
@@ -213,7 +238,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=3, help="min-min steps per repetition and side")
     ap.add_argument("--mem-steps", type=int, default=4)
     ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: subnet,minmin,memory")
+    ap.add_argument("--select-dtype", default="bfloat16",
+                    help="also measure min-min with selection forwards in this dtype ('' to skip)")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: subnet,overheads,minmin,memory")
     ap.add_argument("--json", default="", help="also write the results to this file")
     ap.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -225,18 +252,27 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     res: Dict[str, object] = {"model": args.model, "size": args.size, "batch": args.batch,
                               "threads": args.threads, "reps": args.reps, "steps": args.steps,
-                              "channels_last": args.channels_last, "torch": torch.__version__}
+                              "channels_last": args.channels_last, "torch": torch.__version__,
+                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     net, graph, fm, space, x, y = _setup(args)
     res["bins"] = int(space.num_bins.sum())
     if "subnet" not in skip:
         res.update(bench_subnet(args, net, graph, fm, x, y))
         print(f"(a) sub-network at {100 * res['sub_flops_ratio']:.1f}% FLOPs / full step: "
               f"{res['sub50_over_full']:.3f}  (target <= {TARGETS['sub50_over_full']})", flush=True)
+    if "overheads" not in skip:
+        res.update(bench_overheads(args, net, space, x))
+        print(f"    per new spec: plan {res['prepare_ms']:.1f} ms, weight gather {res['gather_ms']:.1f} ms; "
+              f"inference forward {res['inference_forward_ms']:.0f} ms", flush=True)
     if "minmin" not in skip:
         res.update(bench_minmin(args, net, space, x, y))
         print(f"(b) min-min r=1 / random r=0: {res['minmin_over_random']:.3f} (target <= "
               f"{TARGETS['minmin_over_random']}); select_batch 0.25: {res['minmin_sb025_over_random']:.3f} "
               f"(target <= {TARGETS['minmin_sb025_over_random']})", flush=True)
+        print(f"    select_batch 0.125: {res['minmin_sb0125_over_random']:.3f}", flush=True)
+        if args.select_dtype:
+            print(f"    selection in {args.select_dtype}: full batch {res['minmin_lp_over_random']:.3f}, "
+                  f"select_batch 0.25: {res['minmin_sb025_lp_over_random']:.3f}", flush=True)
     if "memory" not in skip:
         res.update(bench_memory(args))
         print(f"(c) peak RSS supernet / plain: {res['peak_mem_supernet_over_plain']:.3f} "

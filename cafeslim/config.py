@@ -308,7 +308,8 @@ def dump_yaml(configs: Mapping[str, Any], path: Union[str, Path]) -> Path:
     Values may be config dataclasses, mappings or plain values.
 
     Example:
-        >>> dump_yaml({"model": "timm:resnet18", "train": TrainConfig()}, "runs/r18/config.yaml")
+        >>> dump_yaml({"model": "timm:resnet18", "train": TrainConfig()},
+        ...           "runs/r18/config.yaml")                    # doctest: +SKIP
         PosixPath('runs/r18/config.yaml')
     """
     data = {str(k): (to_dict(v) if dataclasses.is_dataclass(v) or isinstance(v, Mapping)
@@ -325,7 +326,7 @@ def atomic_write(path: Union[str, Path], write: Callable[[BinaryIO], Any]) -> Pa
     survives a power cut. On any error the temporary file is removed and ``path`` untouched.
 
     Example:
-        >>> atomic_write("runs/r/notes.txt", lambda fh: fh.write(b"hello"))
+        >>> atomic_write("runs/r/notes.txt", lambda fh: fh.write(b"hello"))  # doctest: +SKIP
         PosixPath('runs/r/notes.txt')
     """
     path = Path(path)

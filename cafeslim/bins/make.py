@@ -243,8 +243,8 @@ def aligned_candidates(space: SearchSpace, k: Sequence[int], r: Optional[int] = 
         >>> aligned_candidates(space, space.num_bins // 2)           # doctest: +SKIP
         3
     """
-    r = space.offset if r is None else r
-    return max((n_choices(int(kk), g.num_bins, r) for g, kk in zip(space.groups, k)), default=1)
+    # enumerated through the space, which leaves out sets that swap in a smaller last bin
+    return max((len(c) for c in space.choices(k, r)), default=1)
 
 
 def stage_log10_sizes(graph: ChannelGraph, flops_model: FlopsModel, beta: float, stages: int,

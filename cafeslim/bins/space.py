@@ -142,9 +142,22 @@ class SearchSpace:
         return self.spec([range(int(kk)) for kk in k])
 
     def choices(self, k: Sequence[int], r: Optional[int] = None) -> List[Tuple[Tuple[int, ...], ...]]:
-        """Per group, every locally free kept-bin set of its width."""
+        """Per group, every locally free kept-bin set of its width.
+
+        A group's last bin may be smaller than the others; a set that swaps it in for a full
+        bin would be a narrower (cheaper) network than the width says, so such sets are left
+        out: every candidate of ``k`` has exactly the channels, and FLOPs, of ``k``.
+        """
         r = self.offset if r is None else r
-        return [bin_choices(int(kk), g.num_bins, r) for g, kk in zip(self.groups, k)]
+        out = []
+        for g, kk in zip(self.groups, k):
+            ch = bin_choices(int(kk), g.num_bins, r)
+            sizes = [b - a for a, b in g.bounds]
+            if len(set(sizes)) > 1:
+                want = sum(sizes[: int(kk)])
+                ch = tuple(c for c in ch if sum(sizes[b] for b in c) == want)
+            out.append(ch)
+        return out
 
     def candidates(self, k: Sequence[int], r: Optional[int] = None) -> List[IndexSpec]:
         """The aligned candidates S_c of ``k``: choice ``c`` in every group (clipped).

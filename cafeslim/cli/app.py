@@ -16,9 +16,11 @@ from rich.text import Text
 from .. import __version__
 from ..errors import CafeslimError
 from .check import check_command
+from .eval import eval_command
 from .export import export_command
 from .inspect import inspect_command
 from .inspect_bins import inspect_bins_command
+from .search import search_command
 
 app = typer.Typer(
     name="cafeslim",
@@ -35,6 +37,8 @@ app.command("inspect")(inspect_command)
 app.command("check")(check_command)
 app.command("export")(export_command)
 app.command("inspect-bins")(inspect_bins_command)
+app.command("search")(search_command)
+app.command("eval")(eval_command)
 
 
 def _version(value: bool) -> None:

@@ -1,5 +1,6 @@
-"""``cafeslim export``: slim every searchable group uniformly (a fraction, or the uniform widths
-of a FLOPs budget) or to a saved widths.json, and export."""
+"""``cafeslim export``: the sub-network a search run chose (``cafeslim export RUN``), or MODEL
+slimmed uniformly (a fraction, or the uniform widths of a FLOPs budget) or to a saved
+widths.json, written as ``.pt``, ``.pt2``, ``.onnx`` and ``widths.json``."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ from .common import (ModelArg, NumClassesOpt, PretrainedOpt, WeightsOpt, before_
 
 if TYPE_CHECKING:
     from ..export import ExportReport
+    from ..export.run_export import RunExportReport
 
 FORMATS = ("pt", "pt2", "onnx")
+
+RunOrModelArg = Annotated[str, typer.Argument(
+    metavar="RUN|MODEL", show_default=False,
+    help="A `cafeslim search` run folder, or a model name as for the other commands "
+         "(timm name, tv:NAME, timm:NAME, package.module:callable).")]
 
 
 class Order(str, Enum):
@@ -41,24 +48,50 @@ FlopsOpt = Annotated[Optional[str], typer.Option(
 WidthsOpt = Annotated[Optional[Path], typer.Option(
     "--widths", metavar="FILE", show_default=False,
     help="widths.json of an earlier export: recreate that architecture instead of --uniform.")]
-OutOpt = Annotated[Path, typer.Option("--out", metavar="DIR", show_default=False,
-                                      help="Output folder (must be empty or absent).")]
+OutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", metavar="DIR", show_default=False,
+    help="Output folder (must be empty or absent); default RUN/export for a run.")]
+BudgetOpt = Annotated[Optional[str], typer.Option(
+    "--budget", metavar="B", show_default=False,
+    help="RUN only: which of the run's budgets (as given to --flops), if it searched several.")]
+
+
+class Init(str, Enum):
+    """RUN only: supernet weights with recalibrated BN, or fresh weights for retraining."""
+
+    inherit = "inherit"
+    scratch = "scratch"
+
+
+InitOpt = Annotated[Init, typer.Option(
+    "--init", case_sensitive=False,
+    help="RUN only: inherit the supernet weights (BN recalibrated) or re-initialise (scratch).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty --out folder.")]
 
 
-def export_command(model: ModelArg, out_dir: OutOpt, uniform: UniformOpt = None,
+def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: UniformOpt = None,
                    flops: FlopsOpt = None, order: OrderOpt = Order.natural,
                    formats: FormatOpt = ",".join(FORMATS),
-                   widths: WidthsOpt = None, force: ForceOpt = False, weights: WeightsOpt = None,
+                   widths: WidthsOpt = None, budget: BudgetOpt = None, init: InitOpt = Init.inherit,
+                   force: ForceOpt = False, weights: WeightsOpt = None,
                    pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None) -> None:
-    """Slim MODEL to the same fraction of channels in every searchable group and export it.
+    """Export the widths a search run found (RUN), or MODEL slimmed uniformly.
 
-    This is the paper's "Uniform" baseline: --uniform F keeps F of every group, --flops B finds
-    the one fraction whose model lands in [0.97·B, B]. Writes model.pt (whole module), model.pt2
-    (torch.export), model.onnx (checked with onnxruntime) and widths.json, and prints FLOPs and
-    parameters before and after.
+    RUN (a `cafeslim search` folder): the chosen sub-network, slimmed from the supernet with
+    BatchNorm recalibrated on the search's batches (or re-initialised with --init scratch), and a
+    parity report on D_val: supernet sub-network vs slimmed model vs onnxruntime.
+
+    MODEL: the paper's "Uniform" baseline: --uniform F keeps F of every group, --flops B finds
+    the one fraction whose model lands in [0.97·B, B].
+
+    Both write model.pt (whole module), model.pt2 (torch.export), model.onnx (checked with
+    onnxruntime) and widths.json, and print FLOPs and parameters before and after.
 
     Examples:
+
+        cafeslim export runs/test_resnet-50pct
+
+        cafeslim export runs/r50-1G_2G --budget 2G --init scratch --out exports/r50-2G
 
         cafeslim export tv:resnet18 --uniform 0.5 --out exports/r18
 
@@ -69,6 +102,22 @@ def export_command(model: ModelArg, out_dir: OutOpt, uniform: UniformOpt = None,
         cafeslim export tv:resnet18 --widths exports/r18/widths.json --out exports/r18-again
     """
     fmt = parse_formats(formats)
+    from ..export.run_export import is_run_dir
+
+    if is_run_dir(model):
+        if uniform is not None or flops is not None or widths is not None or weights is not None \
+                or pretrained or num_classes is not None:
+            raise ConfigError("a run folder is exported as searched: --uniform, --flops, "
+                              "--widths, --weights, --pretrained and --num-classes go with MODEL")
+        from ..export.run_export import export_run
+
+        render_run_export(export_run(model, budget, init=init.value, formats=fmt, out_dir=out_dir,
+                                     force=force))
+        return
+    if budget is not None or init is not Init.inherit:
+        raise ConfigError("--budget and --init go with a run folder (cafeslim export RUN)")
+    if out_dir is None:
+        raise ConfigError("pass --out DIR for the exported files")
     if (uniform is not None) + (flops is not None) + (widths is not None) != 1:
         raise ConfigError("pass exactly one of --uniform F, --flops B or --widths FILE")
     if uniform is not None and not 0.0 < uniform <= 1.0:
@@ -111,3 +160,28 @@ def render_export(name: str, report: "ExportReport") -> None:
     out.print(before_after("params", report.params_before, report.params_after))
     for path in getattr(report, "files", None) or ():
         out.print(Text(f"  wrote {path}"))
+
+
+def render_run_export(rep: "RunExportReport") -> None:
+    """Print what a run export wrote and its parity report on stdout; fail on a broken format."""
+    from rich import box
+    from rich.table import Table
+
+    from ..export.formats import ExportError
+
+    out.print(Text(f"exported {rep.run_dir} budget {rep.budget} (init {rep.init})", style="bold"))
+    out.print(before_after("FLOPs", rep.flops_before, rep.flops_after))
+    out.print(before_after("params", rep.params_before, rep.params_after))
+    table = Table(title=f"parity on D_val ({rep.images} images; the search recorded top-1 "
+                        f"{100 * rep.recorded_top1:.2f}%)", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for head in ("model", "top-1", "max |Δ logit|", "vs"):
+        table.add_column(head, justify="left" if head in ("model", "vs") else "right")
+    for r in rep.parity:
+        table.add_row(r.what, "–" if r.top1 is None else f"{100 * r.top1:.2f}%",
+                      "–" if r.max_abs is None else f"{r.max_abs:.2e}", r.reference or "–")
+    out.print(table)
+    for path in rep.files:
+        out.print(Text(f"  wrote {path}"))
+    if rep.errors:
+        raise ExportError("; ".join(f"{kind}: {why}" for kind, why in sorted(rep.errors.items())))

@@ -22,16 +22,14 @@ number of batches.
 from __future__ import annotations
 
 import functools
-import math
 import multiprocessing
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
 from ..models import ModelInfo
@@ -193,8 +191,9 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
             training set smaller than one global batch.
 
     Example:
-        >>> data = build_data("demo", create("timm:test_resnet", num_classes=10), TrainConfig())
-        >>> data.num_classes, data.sizes["val"]
+        >>> info = create("timm:test_resnet", num_classes=10)              # doctest: +SKIP
+        >>> data = build_data("demo", info, TrainConfig())                # doctest: +SKIP
+        >>> data.num_classes, data.sizes["val"]                           # doctest: +SKIP
         (10, 144)
     """
     rank, world = _dist_rank_world()

@@ -1,9 +1,10 @@
 """Fitness of a width vector: max-max selection over its locally free candidates (Eq. 13).
 
 A width vector ``k`` (bins kept per searchable group) stands for several sub-networks ``S_c``:
-the aligned candidates of :meth:`SearchSpace.candidates` (candidate 0 is the fixed pattern;
-``r = 0`` leaves only it). Its fitness is the best D_val top-1 among them, each measured after
-recalibrating BatchNorm on training batches; the winner's IndexSpec is what gets exported.
+the aligned candidates of :meth:`SearchSpace.candidates` that keep ``k``'s channel widths
+(candidate 0 is the fixed pattern; ``r = 0`` leaves only it). Its fitness is the best D_val
+top-1 among them, each measured after recalibrating BatchNorm on training batches; the
+winner's IndexSpec is what gets exported.
 
 :class:`Fitness` does this on a :class:`~cafeslim.supernet.Supernet`; :class:`FunctionFitness`
 scores widths with a plain function (baselines, tests). Both share :class:`CachedFitness`:
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -47,8 +48,8 @@ class FitnessResult:
         top1: best D_val top-1 over the candidates (a fraction in [0, 1]).
         best_spec: IndexSpec of the winning candidate (what is exported).
         candidate_top1s: top-1 of every candidate, in candidate order.
-        flops: FLOPs of the winning candidate (a free pattern that takes a group's smaller last
-            bin keeps fewer channels than the fixed pattern of ``k``).
+        flops: FLOPs of the winning candidate (the fixed pattern's: every candidate keeps
+            ``k``'s widths, see :meth:`CachedFitness.candidate_specs`).
         candidate: index of the winner among the candidates (ties go to the lowest index).
         recal_s, eval_s: seconds spent on BN recalibration and on evaluation for this vector.
     """
@@ -73,7 +74,9 @@ class FitnessResult:
             >>> FitnessResult((2,), 0.5, {0: [0, 1]}, (0.5,), 1e6).to_json()["top1"]
             0.5
         """
-        return {"k": list(self.k), "top1": float(self.top1), "flops": float(self.flops),
+        # NaN (no FLOPs model) is not JSON: written as null.
+        flops = None if math.isnan(self.flops) else float(self.flops)
+        return {"k": list(self.k), "top1": float(self.top1), "flops": flops,
                 "candidate": int(self.candidate),
                 "candidate_top1s": [float(t) for t in self.candidate_top1s],
                 "recal_s": round(float(self.recal_s), 6), "eval_s": round(float(self.eval_s), 6)}
@@ -164,7 +167,14 @@ class CachedFitness:
         return self.cache.get(as_key(k))
 
     def candidate_specs(self, k: Sequence[int]) -> List[IndexSpec]:
-        """The distinct candidates of ``k``; candidate 0 is the fixed pattern.
+        """The distinct candidates ``S_c`` of ``k``; candidate 0 is the fixed pattern.
+
+        The aligned candidates of :meth:`SearchSpace.candidates` (choice ``i`` in every group,
+        clipped), except that in each group only the free choices that keep exactly as many
+        channels as the fixed pattern count: a group's last bin may be smaller than the others,
+        and a choice that swaps it in would be a narrower network, cheaper than ``k``'s FLOPs
+        and possibly below the window. Every candidate thus has ``k``'s widths and FLOPs —
+        the paper's ``S_c``, the sub-networks *of width c*.
 
         Example:
             >>> len(fitness.candidate_specs(space.num_bins // 2))           # doctest: +SKIP
@@ -173,13 +183,18 @@ class CachedFitness:
         from ..supernet.supernet import spec_key
 
         key = as_key(k)
+        choices = []
+        for g, ch in zip(self.space.groups, self.space.choices(key, self.offset)):
+            size = lambda c: sum(g.bounds[b][1] - g.bounds[b][0] for b in c)  # noqa: E731
+            choices.append(tuple(c for c in ch if size(c) == size(ch[0])))  # ch[0]: the fixed one
+        n = max((len(c) for c in choices), default=1)
+        specs = [self.space.spec([c[min(i, len(c) - 1)] for c in choices]) for i in range(n)]
         if self.extra_candidates:
             # Seeded by k: the same width always has the same candidates (cache records hold
             # only the winner's index).
             rng = np.random.default_rng([7, *key])
-            specs = self.space.sample_candidates(key, self.extra_candidates, rng, r=self.offset)
-        else:
-            specs = self.space.candidates(key, r=self.offset)
+            specs += [self.space.spec([c[int(rng.integers(len(c)))] for c in choices])
+                      for _ in range(self.extra_candidates)]
         seen, out = set(), []
         for s in specs:
             sk = spec_key(self.space.graph, s)
@@ -342,10 +357,10 @@ class Fitness(CachedFitness):
         channels_last: feed images in channels-last memory format.
 
     Example:
-        >>> fit = Fitness(supernet, space, data.calib, data.val, recal_n=20, flops_model=fm)
-        >>> res = fit(space.num_bins // 2)
-        >>> res.top1, len(res.candidate_top1s), res.best_spec is fit(space.num_bins // 2).best_spec
-        (0.41, 3, True)
+        >>> fit = Fitness(supernet, space, data.calib, data.val, recal_n=20, flops_model=fm)  # doctest: +SKIP
+        >>> res = fit(space.num_bins // 2)                                    # doctest: +SKIP
+        >>> len(res.candidate_top1s), res is fit(space.num_bins // 2)         # doctest: +SKIP
+        (3, True)
     """
 
     def __init__(self, supernet: torch.nn.Module, space: Any, recal_batches: Batches, val_batches: Batches,

@@ -261,10 +261,10 @@ def run_stages(train_fn: Callable[[Stage, SearchSpace], Any],
         One :class:`StageResult` per stage; the last one holds the answer.
 
     Example:
-        >>> out = run_stages(lambda st, sp: train(net, sp, epochs=E),
+        >>> out = run_stages(lambda st, sp: train(net, sp, epochs=E),      # doctest: +SKIP
         ...                  lambda st, sp: evolution_search(Fitness(net, sp, ...), sp, fm, st.budget),
         ...                  space, fm, target=0.5 * fm.full, stages=3, alpha=2.0)
-        >>> out[-1].spec       # the exported IndexSpec
+        >>> out[-1].spec       # the exported IndexSpec                       # doctest: +SKIP
     """
     plan = plan_stages(fm.full, target, stages, space.beta, alpha)
     done = list(done or [])

@@ -106,7 +106,7 @@ class Window:
         return K, (f >= self.lo) & (f <= self.hi)
 
     def breed(self, make: Breeder, n: int, rng: np.random.Generator, seen: Set[Key],
-              rounds: int = 8, oversample: int = 4) -> np.ndarray:
+              rounds: int = 8, oversample: int = 4, resample: bool = True) -> np.ndarray:
         """``n`` valid vectors not in ``seen``: rejection, then repair, then resampling.
 
         Args:
@@ -115,10 +115,13 @@ class Window:
             rng: drives repair and resampling.
             seen: keys already scored or chosen; the returned keys are added to it.
             rounds, oversample: rejection rounds, each breeding ``oversample × missing``.
+            resample: fill what rejection and repair could not with random window vectors;
+                without it, fewer than ``n`` rows may come back (crossover of parents that
+                have converged makes nothing new; the caller then mutates instead).
 
         Returns:
-            ``[n, S]`` int64. Only when the window holds too few unseen vectors may rows
-            repeat one another or ``seen``.
+            ``[n, S]`` int64 (or fewer rows, see ``resample``). Only when the window holds too
+            few unseen vectors may rows repeat one another or ``seen``.
 
         Example:
             >>> kids = win.breed(lambda m: mutate(top, m, 0.1, space, rng), 20, rng, seen)  # doctest: +SKIP
@@ -138,11 +141,15 @@ class Window:
                 break
             C = np.atleast_2d(make(oversample * missing))
             take(C, self.valid(C))
-        missing = n - len(out)
-        if missing > 0:
-            C, ok = self.repair(make(2 * missing), rng)
+        for _ in range(rounds):
+            missing = n - len(out)
+            if missing <= 0:
+                break
+            C, ok = self.repair(make(oversample * missing), rng)
             take(C, ok)
         missing = n - len(out)
+        if missing > 0 and not resample:
+            return np.asarray(out, dtype=np.int64).reshape(len(out), len(self.mins))
         if missing > 0:
             C = self.sample(4 * missing, rng)
             take(C, np.ones(len(C), dtype=bool))
@@ -152,7 +159,8 @@ class Window:
 
 
 def mutate(parents: np.ndarray, n: int, prob: float, space, rng: np.random.Generator) -> np.ndarray:
-    """``n`` children of random parents; each gene is redrawn uniformly with probability ``prob``.
+    """``n`` children of random parents; each gene is redrawn uniformly with probability ``prob``
+    (at least one gene per child).
 
     Example:
         >>> mutate(np.array([[4, 4]]), 2, 1.0, space, rng).shape           # doctest: +SKIP
@@ -161,7 +169,11 @@ def mutate(parents: np.ndarray, n: int, prob: float, space, rng: np.random.Gener
     parents = np.atleast_2d(parents)
     base = parents[rng.integers(len(parents), size=n)]
     fresh = rng.integers(space.min_bins, space.num_bins + 1, size=base.shape)
-    return np.where(rng.random(base.shape) < prob, fresh, base)
+    hit = rng.random(base.shape) < prob
+    # A child with no gene drawn would be its parent again, already scored: draw one gene.
+    none = ~hit.any(1)
+    hit[np.flatnonzero(none), rng.integers(base.shape[1], size=int(none.sum()))] = True
+    return np.where(hit, fresh, base)
 
 
 def crossover(parents: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -229,8 +229,8 @@ class EvolutionSearcher(Searcher):
         **kwargs: see :class:`Searcher`.
 
     Example:
-        >>> s = EvolutionSearcher(fit, space, fm, budget, population=40, iterations=50, rng=0)
-        >>> while s.step():
+        >>> s = EvolutionSearcher(fit, space, fm, budget, population=40, iterations=50, rng=0)  # doctest: +SKIP
+        >>> while s.step():                          # doctest: +SKIP
         ...     save_json(s.get_state())          # resume with EvolutionSearcher(..., state=...)
     """
 
@@ -286,9 +286,12 @@ class EvolutionSearcher(Searcher):
         parents = np.asarray(self.topk, dtype=np.int64)
         seen = set(self.scored)
         rng, space, prob = self.rng, self.space, self.mutation_prob
-        kids = [self.window.breed(lambda m: mutate(parents, m, prob, space, rng), n_mut, rng, seen)]
+        kids = []
         if n_cross:
-            kids.append(self.window.breed(lambda m: crossover(parents, m, rng), n_cross, rng, seen))
+            kids.append(self.window.breed(lambda m: crossover(parents, m, rng), n_cross, rng, seen,
+                                          resample=False))
+            n_mut = P - len(kids[0])  # converged parents cross into nothing new: mutate more
+        kids.append(self.window.breed(lambda m: mutate(parents, m, prob, space, rng), n_mut, rng, seen))
         return np.vstack(kids)
 
     def _extra_state(self) -> Dict[str, Any]:
@@ -376,10 +379,10 @@ def evolution_search(fitness: CachedFitness, space: Any, fm: Any, budget: float,
         A :class:`SearchResult`.
 
     Example:
-        >>> res = evolution_search(fit, space, fm, parse_budget("50%", fm.full), rng=0,
+        >>> res = evolution_search(fit, space, fm, parse_budget("50%", fm.full), rng=0,  # doctest: +SKIP
         ...                        on_eval=lambda r: log.write(json.dumps(r) + "\\n"))
-        >>> res.best.top1, res.best.flops <= res.budget
-        (0.62, True)
+        >>> res.best.flops <= res.budget                                    # doctest: +SKIP
+        True
     """
     return EvolutionSearcher(fitness, space, fm, budget, population=population,
                              iterations=iterations, parents=parents, mutation_prob=mutation_prob,

@@ -197,7 +197,7 @@ def wrap_ddp(supernet: nn.Module, info: DistInfo) -> nn.Module:
     Wrapping broadcasts rank 0's weights, so every rank starts from the same supernet.
 
     Example:
-        >>> model = wrap_ddp(supernet.to(info.device), info)
+        >>> model = wrap_ddp(supernet.to(info.device), info)   # doctest: +SKIP
         >>> minmin_step(model, space, x, y, loss_fn, opt, cfg, rng, progress=0.0)  # doctest: +SKIP
     """
     if not info.distributed:

@@ -32,6 +32,8 @@ from ..graph.channel_graph import IndexSpec
 from .supernet import Supernet, spec_key, unwrap
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+_SELECT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                  "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class MinMinConfig:
         minmin_start: λ — a random candidate instead of the argmin while ``progress < λ``.
         sandwich: also train the largest and the smallest width every step (gradients are
             accumulated over the three sub-networks, one optimizer step).
+        select_dtype: ``"bfloat16"``/``"float16"``: run the selection forwards under autocast
+            in that dtype even when training is fp32 (cheaper where the hardware has fast
+            low-precision kernels, e.g. CPUs with AVX512-BF16; near-ties may then be ranked
+            differently). None: the training precision (``autocast_dtype`` of the step).
 
     Example:
         >>> cfg = MinMinConfig(offset=1, select_batch=0.25)
@@ -56,8 +62,12 @@ class MinMinConfig:
     select_batch: float = 1.0
     minmin_start: float = 0.0
     sandwich: bool = False
+    select_dtype: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.select_dtype not in _SELECT_DTYPES:
+            raise ValueError(f"select_dtype must be one of {sorted(k for k in _SELECT_DTYPES if k)}, "
+                             f"got {self.select_dtype!r}")
         if self.offset < 0:
             raise ValueError(f"offset must be >= 0, got {self.offset}")
         if self.candidates < 0:
@@ -135,6 +145,8 @@ def _selection_losses(net: Supernet, candidates: Sequence[IndexSpec], images: to
         n = min(n, max(2, int(round(cfg.select_batch * n))))
     x, y = images[:n], targets[:n]
     losses = []
+    if cfg.select_dtype is not None:
+        autocast_dtype = _SELECT_DTYPES[cfg.select_dtype]
     # inference_mode: no autograd bookkeeping at all (not even version counters) for forwards
     # whose only product is a number. The inner module is called directly, not a DDP wrapper,
     # so selection triggers no gradient-bucket preparation or buffer broadcast.

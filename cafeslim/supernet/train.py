@@ -94,6 +94,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     """Two SGD groups: decayed weights, and norms/biases (every tensor with < 2 dims) without.
 
     Example:
+        >>> import torchvision
         >>> [len(g["params"]) > 0 for g in param_groups(torchvision.models.resnet18(), 1e-4)]
         [True, True]
     """
@@ -232,8 +233,9 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
         KeyboardInterrupt: after writing a checkpoint of the last completed step.
 
     Example:
-        >>> result = train_supernet(net, space, build_data("demo", info, cfg), cfg, "runs/demo")
-        >>> result.steps == result.total_steps
+        >>> data = build_data("demo", info, cfg)                      # doctest: +SKIP
+        >>> result = train_supernet(net, space, data, cfg, "runs/demo")  # doctest: +SKIP
+        >>> result.steps == result.total_steps                        # doctest: +SKIP
         True
     """
     run_dir = Path(run_dir)
@@ -248,11 +250,19 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
         if not ckpt_path.exists():
             raise CheckpointError(f"no checkpoint to resume in {run_dir} ({ckpt_path} does not exist)")
         ckpt = load_checkpoint(ckpt_path, fp)
-        changed = changed_settings(ckpt.get("config") or {}, config)
+        old = ckpt.get("config") or {}
+        # Settings added by a later cafeslim are absent from older checkpoints: not a change.
+        changed = changed_settings(old, {k: v for k, v in config.items() if k in old})
         if changed:
             diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise CheckpointError(f"checkpoint {ckpt_path} was made with other settings ({diff}); "
                                   "resume with the run's own settings")
+        world = int((ckpt.get("extra") or {}).get("world_size", info.world_size))
+        if world != info.world_size:
+            # The data position counts per-rank batches of a sharded epoch: it means another
+            # place in the data under another number of processes.
+            raise CheckpointError(f"checkpoint {ckpt_path} was made with {world} processes, not "
+                                  f"{info.world_size}; resume with the same torchrun --nproc_per_node")
     elif ckpt_path.exists():
         raise OutputExistsError(f"run folder {run_dir} already holds a checkpoint; pass --resume "
                                 "to continue it or choose another run name")
@@ -319,6 +329,7 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
                     targets = targets.to(device, non_blocking=True)
                     if cfg.channels_last:
                         images = images.contiguous(memory_format=torch.channels_last)
+                    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
                     mid_step = True
                     stats = minmin_step(model, space, images, targets, loss_fn, optimizer,
                                         mm_cfg, rng, step / total, scaler=scaler,
@@ -335,23 +346,30 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
                         now = time.perf_counter()
                         ips = len(losses) * global_batch / max(now - last_log_t, 1e-9)
                         final_loss = float(np.mean(losses))
-                        lr = optimizer.param_groups[0]["lr"]
                         if log_fh is not None:
                             log_fh.write(json.dumps({
                                 "step": step, "epoch": round(step / spe, 4), "loss": final_loss,
                                 "lr": lr, "img_s": round(ips, 2),
                                 "widths": _width_summary(space, widths),
                                 "fixed_pattern": round(chosen.count(0) / len(chosen), 4),
-                                "candidates": stats.n_candidates}) + "\n")
+                                "candidates": stats.n_candidates,
+                                "bad_images": data.bad_images}) + "\n")
                             log_fh.flush()
                         bar.update(step, final_loss, lr, ips)
                         last_log_t, losses, widths, chosen = now, [], [], []
                     if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step % spe == 0 \
                             or step == total:
-                        save(step)
-                        saved_at = step
-                        if not distributed.agree(True):
-                            raise CheckpointError(f"rank 0 could not write {ckpt_path}")
+                        error = None
+                        try:
+                            save(step)
+                            saved_at = step
+                        except OSError as exc:  # disk full, permissions: the old file stands
+                            error = exc.strerror or str(exc)
+                        # Every rank stops together if rank 0 could not write (no rank is left
+                        # waiting in the next collective).
+                        if not distributed.agree(error is None):
+                            raise CheckpointError(f"could not write checkpoint {ckpt_path}"
+                                                  f"{': ' + error if error else ' (on rank 0)'}")
                     if interrupts.flag:
                         raise KeyboardInterrupt
                     if step >= total:

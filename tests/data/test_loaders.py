@@ -119,3 +119,13 @@ def test_folder_loader_resumes_exactly_with_random_augmentation(tmp_path, worker
     assert v1.shape == (6, 3, 32, 32) and torch.equal(v1, v2)
     assert data.test is not None and sum(len(y) for _, y in data.test) == 6
     assert data.bad_images == 0
+
+
+def test_unreadable_images_are_counted_across_worker_processes(tmp_path):
+    root = _folder(tmp_path / "ds", classes=2, per_class=8)
+    (root / "train" / "class0" / "3.png").write_bytes(b"\x89PNG broken")
+    cfg = TrainConfig(batch_size=4, val_split=0.0, seed=0, workers=2, device="cpu")
+    data = build_data(str(root), _info(), cfg)
+    batches = list(data.epoch_batches(0))
+    assert len(batches) == 4 and all(x.shape == (4, 3, 32, 32) for x, _ in batches)
+    assert data.bad_images == 1  # met once, in a worker process, seen here

@@ -51,7 +51,22 @@ def test_candidate_scores_are_those_of_the_exported_subnets():
         # export_subnet carries the statistics recalibrated for this very candidate
         assert _accuracy(net.export_subnet(spec).eval(), batches(2, seed=1)) == pytest.approx(top1)
     assert res.flops == pytest.approx(b.fm.flops(b.graph.widths_of(res.best_spec)))
-    assert res.flops <= b.fm.flops(space.widths(k)) + 1e-6   # free patterns never cost more
+    assert res.flops == pytest.approx(b.fm.flops(space.widths(k)))   # every candidate: k's widths
+
+
+def test_candidates_keep_the_widths_of_the_fixed_pattern():
+    b = built()
+    space = space_of(b, beta=2.5)          # bins of 5 channels: 24 and 48 end in a smaller bin
+    assert any(g.bounds[-1][1] - g.bounds[-1][0] < g.bin_size for g in space.groups)
+    fit = FunctionFitness(lambda k: 0.0, space)
+    fit.offset = 1
+    k = space.num_bins - 1                 # the zone of every group reaches its last bin
+    want = b.graph.widths_of(space.fixed_spec(k))
+    cands = fit.candidate_specs(k)
+    assert len(cands) > 1 and cands[0] == space.fixed_spec(k)
+    assert all(b.graph.widths_of(c) == want for c in cands)
+    # the space's own aligned candidates include narrower networks there
+    assert any(b.graph.widths_of(c) != want for c in space.candidates(k, r=1))
 
 
 def test_max_max_picks_the_best_candidate_and_caches():

@@ -227,6 +227,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # ~15-25 s; tests/supernet/test_ddp.py covers the same through the training loop
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo over TCP")
 def test_ddp_ranks_agree(tmp_path):
     import torch.multiprocessing as mp

@@ -1,0 +1,263 @@
+"""``cafeslim search``: train a locally free supernet and search the widths for FLOPs budgets.
+
+Settings are resolved here, once, with the precedence **flags > --config YAML > demo preset >
+defaults**, into the frozen dataclasses of :mod:`cafeslim.config` and
+:mod:`cafeslim.search.run`; then the command makes exactly one library call,
+:func:`cafeslim.search.run.run_search`. Nothing heavy is imported at module level (``--help``
+stays fast).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Dict, Mapping, Optional
+
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import ConfigError
+from .common import ModelArg, PretrainedOpt, WeightsOpt, human, out
+
+if TYPE_CHECKING:
+    from ..search.run import RunSettings
+
+
+class Method(str, Enum):
+    """cafenet: locally free (Eq. 5); fixed: r = 0; uniform: no supernet, one multiplier."""
+
+    cafenet = "cafenet"
+    fixed = "fixed"
+    uniform = "uniform"
+
+
+class SearcherChoice(str, Enum):
+    """Evolutionary (CafeNet-E) or random (CafeNet-R) search."""
+
+    evolution = "evolution"
+    random = "random"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _opt(*names: str, help: str, **kw: Any) -> Any:  # noqa: A002 - typer's keyword
+    return typer.Option(*names, help=help, show_default=False, **kw)
+
+
+FlopsOpt = Annotated[Optional[str], _opt("--flops", metavar="B", help=(
+    "FLOPs budget(s): 2G, 300M, 50% (of the full model), 0.5x; several comma-separated "
+    "(1G,2G) are searched on one supernet."))]
+DataOpt = Annotated[Optional[str], _opt("--data", metavar="demo|DIR", help=(
+    "demo (built-in digits, default) or an ImageNet-layout folder (train/CLASS/*, "
+    "optional val/)."))]
+OutOpt = Annotated[Optional[Path], _opt("--out", metavar="DIR",
+                                        help="Run folder (default runs/MODEL-BUDGET).")]
+ConfigOpt = Annotated[Optional[Path], _opt("--config", metavar="YAML", help=(
+    "Settings file with model/data keys and train:, search:, bins: sections (flags win)."))]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help=(
+    "Continue an interrupted run in its folder (training or search)."))]
+ForceOpt = Annotated[bool, typer.Option("--force", help=(
+    "Start over in a non-empty run folder (deletes only the run's own files)."))]
+MethodOpt = Annotated[Optional[Method], _opt("--method", case_sensitive=False, help=(
+    "cafenet (default), fixed (r = 0, AutoSlim-style) or uniform (no supernet: the same "
+    "fraction of every layer)."))]
+SearcherOpt = Annotated[Optional[SearcherChoice], _opt("--searcher", case_sensitive=False, help=(
+    "evolution (default) or random."))]
+DeviceOpt = Annotated[Optional[Device], _opt("--device", case_sensitive=False,
+                                             help="auto (default: CUDA if available), cpu, cuda.")]
+AmpOpt = Annotated[Optional[bool], _opt("--amp/--no-amp", help=(
+    "bf16 autocast on CUDA (fp16: amp: fp16 in the config's train: section)."))]
+
+
+def _int(name: str, help: str, *short: str, lo: int = 1) -> Any:  # noqa: A002
+    return Annotated[Optional[int], _opt(name, *short, min=lo, help=help)]
+
+
+def _float(name: str, help: str) -> Any:  # noqa: A002
+    return Annotated[Optional[float], _opt(name, help=help)]
+
+
+EpochsOpt = _int("--epochs", "Supernet training epochs per stage (demo 6, else 10).")
+PopOpt = _int("--population", "Evolution: individuals per generation (demo 12, else 40).", lo=2)
+ItersOpt = _int("--iterations", "Evolution: generations (demo 6, else 50).")
+SamplesOpt = _int("--samples", "Random search: width vectors (demo 72, else 2000).")
+StagesOpt = _int("--stages", "Multi-stage search (Eq. 10): T stages (default 1).")
+AlphaOpt = _float("--alpha", "Bin evolving speed: β is divided by α each stage (default 2).")
+BetaOpt = _float("--beta", "β of Eq. 9: bin size of the most FLOPs-sensitive group (default 1).")
+DivisorOpt = _int("--divisor", "Round bin sizes up to a multiple of this (default 1; 8 suits GPUs).")
+OffsetOpt = _int("--offset", "r of Eq. 5, the locally free zone (default 1).", lo=0)
+BatchOpt = _int("--batch-size", "Images per step and per process (default 64).", "-b")
+WorkersOpt = _int("--workers", "Data-loading processes (default 4; demo uses 0).", "-j", lo=0)
+SeedOpt = _int("--seed", "Seeds weights, data order, D_val split and the search.", lo=0)
+EvalOpt = _int("--eval-batches", "D_val batches per evaluated width (default: all of D_val).")
+RecalOpt = _int("--recal-batches", "Training batches per BN recalibration (demo 2, else 20).")
+ImgOpt = _int("--img-size", "Square input size (demo 64, else the model's own).", lo=8)
+ThreadsOpt = _int("--threads", "CPU threads for PyTorch (default: the idle cores, at least 1).")
+
+
+def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None,
+                   epochs: EpochsOpt = None, out_dir: OutOpt = None, config: ConfigOpt = None,
+                   resume: ResumeOpt = False, force: ForceOpt = False,
+                   searcher: SearcherOpt = None, population: PopOpt = None,
+                   iterations: ItersOpt = None, samples: SamplesOpt = None,
+                   method: MethodOpt = None, stages: StagesOpt = None, alpha: AlphaOpt = None,
+                   beta: BetaOpt = None, divisor: DivisorOpt = None, offset: OffsetOpt = None,
+                   batch_size: BatchOpt = None, workers: WorkersOpt = None,
+                   device: DeviceOpt = None, amp: AmpOpt = None, seed: SeedOpt = None,
+                   eval_batches: EvalOpt = None, recal_batches: RecalOpt = None,
+                   img_size: ImgOpt = None, threads: ThreadsOpt = None,
+                   weights: WeightsOpt = None, pretrained: PretrainedOpt = False) -> None:
+    """Train a CafeNet supernet on MODEL and search its per-layer widths under FLOPs budgets.
+
+    Analyses the model, makes FLOPs-sensitive bins, trains the supernet with min-min steps,
+    runs a max-max evolutionary (or random) search for every budget and writes the run folder:
+    config.yaml, graph.json, bins.json, last.pt, metrics.jsonl, search.jsonl, result.json and
+    report.md with plots. Ctrl-C (or a kill) loses at most the current epoch or generation:
+    rerun the same command with --resume. Export the result with `cafeslim export RUN`.
+
+    Examples:
+
+        cafeslim search timm:test_resnet --flops 50%
+
+        cafeslim search tv:resnet50 --pretrained --flops 2G --data /data/imagenet --epochs 10
+
+        cafeslim search tv:mobilenet_v2 --flops 150M,300M --searcher random --samples 2000 --data DIR
+
+        cafeslim search timm:test_resnet --flops 50% --method uniform
+
+        cafeslim search timm:test_resnet --flops 50% --resume
+    """
+    flags = {
+        "train": {"epochs": epochs, "batch_size": batch_size, "workers": workers,
+                  "device": device.value if device else None, "seed": seed, "img_size": img_size,
+                  "offset": offset, "amp": None if amp is None else ("bf16" if amp else "off")},
+        "search": {"flops": flops, "method": method.value if method else None,
+                   "searcher": searcher.value if searcher else None, "population": population,
+                   "iterations": iterations, "samples": samples, "stages": stages,
+                   "alpha": alpha, "eval_batches": eval_batches, "recal_batches": recal_batches},
+        "bins": {"beta": beta, "divisor": divisor},
+    }
+    from ..search.run import load_settings, run_search
+
+    if resume:
+        if config is not None:
+            raise ConfigError("--resume takes the run's own config.yaml; drop --config")
+        if out_dir is None:  # the default folder follows from the flags as on the first run
+            out_dir = default_run_dir(resolve_settings(model, None, data, flags, pretrained, weights))
+        saved = load_settings(out_dir).to_dict()
+        settings = resolve_settings(model, saved, data, flags, pretrained or None, weights,
+                                    preset=False)
+    else:
+        settings = resolve_settings(model, config, data, flags, pretrained, weights)
+        out_dir = out_dir or default_run_dir(settings)
+    set_threads(threads)
+    res = run_search(settings, out_dir, resume=resume, force=force)
+    render_result(res.run_dir, res.result)
+
+
+def set_threads(threads: Optional[int]) -> int:
+    """Use ``threads`` CPU threads; by default the idle cores (all on a quiet machine), >= 1.
+
+    An OpenMP thread whose core is busy spins instead of sleeping, so on a shared machine two
+    threads can be several times slower than one (5× measured on two cores at load 4).
+    ``OMP_NUM_THREADS`` in the environment is respected as it is.
+
+    Example:
+        >>> set_threads(1)
+        1
+    """
+    import torch
+
+    if threads is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        try:
+            idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+        except OSError:  # no load average on this platform
+            return torch.get_num_threads()
+        threads = max(1, min(torch.get_num_threads(), int(idle + 0.5)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+_TOP = {"format", "model", "data", "pretrained", "weights", "train", "search", "bins"}
+
+
+def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
+                     flags: Mapping[str, Mapping[str, Any]], pretrained: Optional[bool] = None,
+                     weights: Optional[Path] = None, preset: bool = True) -> "RunSettings":
+    """Settings from flags > YAML (a path or a loaded mapping) > demo preset > defaults.
+
+    Raises:
+        ConfigError: unknown sections or keys, invalid values, or a contradiction
+            (``--method fixed`` with ``--offset`` > 0).
+
+    Example:
+        >>> resolve_settings("timm:test_resnet", None, None, {"search": {"flops": "50%"}}).train.epochs
+        6
+    """
+    from ..config import TrainConfig, load_yaml, resolve, section
+    from ..search.run import DEMO, DEMO_PRESET, BinsConfig, RunSettings, SearchConfig
+
+    y = dict(config) if isinstance(config, Mapping) else (load_yaml(config) if config else {})
+    unknown = sorted(set(y) - _TOP)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid: "
+                          f"{', '.join(sorted(_TOP - {'format'}))}")
+    data = str(data or y.get("data") or DEMO)
+    pre = DEMO_PRESET if preset and data == DEMO else {}
+    layer = {name: {**pre.get(name, {}), **section(y, name)} for name in ("train", "search", "bins")}
+    search = resolve(SearchConfig, flags.get("search"), layer["search"])
+    train_flags: Dict[str, Any] = dict(flags.get("train") or {})
+    if search.method == "fixed":
+        if train_flags.get("offset") not in (None, 0):
+            raise ConfigError(f"--method fixed is r = 0; it takes no --offset {train_flags['offset']}")
+        train_flags["offset"] = 0
+    name = model or y.get("model")
+    if not name:
+        raise ConfigError("no model: pass MODEL or set model: in the config file")
+    return RunSettings(
+        model=str(name), data=data, search=search,
+        pretrained=bool(pretrained if pretrained else y.get("pretrained", False)),
+        weights=str(weights) if weights is not None else y.get("weights"),
+        train=resolve(TrainConfig, train_flags, layer["train"]),
+        bins=resolve(BinsConfig, flags.get("bins"), layer["bins"]))
+
+
+def default_run_dir(settings: "RunSettings") -> Path:
+    """``runs/<model>-<budgets>[-<method>]``, e.g. ``runs/test_resnet-50pct``.
+
+    Example:
+        >>> from cafeslim.search.run import RunSettings, SearchConfig
+        >>> default_run_dir(RunSettings("tv:resnet18", search=SearchConfig(flops="1G,50%")))
+        PosixPath('runs/resnet18-1G_50pct')
+    """
+    name = settings.model.split(":")[-1].split("/")[-1]
+    budgets = "_".join(b.replace("%", "pct") for b in settings.search.budgets) or "nobudget"
+    tail = "" if settings.search.method == "cafenet" else f"-{settings.search.method}"
+    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-{budgets}{tail}")
+
+
+def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
+    """Print the per-budget summary and where the report is, on stdout."""
+    full = result["full"]
+    table = Table(title=f"{result['model']} ({result['method']}): full {human(full['flops'])} "
+                        f"FLOPs, {human(full['params'])} params", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for head in ("budget", "FLOPs", "params", "D_val top-1", "evaluated"):
+        table.add_column(head, justify="left" if head == "budget" else "right", no_wrap=True)
+    for b in result["budgets"]:
+        table.add_row(b["budget"], f"{human(b['flops'])} ({b['flops_ratio']:.3f}×)",
+                      f"{human(b['params'])} ({b['params_ratio']:.3f}×)", f"{100 * b['top1']:.2f}%",
+                      str(b["evaluated"]))
+    out.print(table)
+    out.print(Text(f"wrote {run_dir}/result.json and {run_dir}/report.md ({result['seconds']:.0f} s)"))
+    out.print(Text(f"next: cafeslim export {run_dir}"))

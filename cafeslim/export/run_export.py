@@ -1,0 +1,265 @@
+"""``cafeslim export RUN``: the sub-network a search chose, as a physically smaller model.
+
+The run folder says everything: ``config.yaml`` rebuilds the model, graph, bins and data
+exactly as the search saw them (:func:`cafeslim.search.run.build`), ``result.json`` names the
+winning IndexSpec of each budget and the checkpoint it was found on. With ``init="inherit"``
+the supernet weights are loaded, BatchNorm is recalibrated for that spec on the very batches the
+search used, and the spec is slimmed out of the supernet (:meth:`Supernet.export_subnet`), so
+the exported model computes what the search measured. With ``init="scratch"`` the slimmed model
+gets fresh weights instead, for training from scratch as the paper does.
+
+The parity report runs D_val (the batches the search scored on) through the supernet
+sub-network, the slimmed PyTorch model and onnxruntime, and gives each one's top-1 and the
+largest absolute logit difference — the search's recorded top-1 must be reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Collection, Dict, List, Optional, Union
+
+from ..errors import CheckpointError, ConfigError, OutputExistsError
+from .formats import FORMATS
+
+PathLike = Union[str, Path]
+INITS = ("inherit", "scratch")
+
+
+@dataclass
+class ParityRow:
+    """One model's view of D_val: top-1 and the max abs logit difference to its reference."""
+
+    what: str
+    top1: Optional[float]
+    max_abs: Optional[float] = None
+    reference: str = ""
+
+
+@dataclass
+class RunExportReport:
+    """What :func:`export_run` did.
+
+    Attributes:
+        run_dir, out_dir: the run and the export folder.
+        budget: the budget as written in the run (``50%``, ``2G``).
+        init: ``inherit`` or ``scratch``.
+        recorded_top1: the D_val top-1 the search recorded for this sub-network.
+        parity: supernet sub-network, slimmed model and onnxruntime on D_val.
+        flops_before, flops_after: fvcore FLOPs of the full and the exported model.
+        flops_predicted: the FLOPs model's value recorded by the search (must equal fvcore's).
+        params_before, params_after: parameter counts.
+        files: written files; errors: format -> why it failed.
+        images: D_val images the parity was measured on.
+    """
+
+    run_dir: Path
+    out_dir: Path
+    budget: str
+    init: str
+    recorded_top1: float
+    parity: List[ParityRow] = field(default_factory=list)
+    flops_before: float = 0.0
+    flops_after: float = 0.0
+    flops_predicted: float = 0.0
+    params_before: int = 0
+    params_after: int = 0
+    files: List[Path] = field(default_factory=list)
+    errors: Dict[str, str] = field(default_factory=dict)
+    images: int = 0
+
+    def top1(self, what: str) -> Optional[float]:
+        """Top-1 of a parity row by the start of its name (``supernet``, ``slimmed``, ``onnx``)."""
+        return next((r.top1 for r in self.parity if r.what.startswith(what)), None)
+
+
+def is_run_dir(arg: str) -> bool:
+    """Whether a command-line argument names a run folder rather than a model.
+
+    A model name never holds a path separator unless it has a ``:`` (``hf-hub:org/name``),
+    so ``runs/x`` is a run folder even when it does not exist (the error then says so).
+
+    Example:
+        >>> is_run_dir("runs/test_resnet-50pct"), is_run_dir("tv:resnet18")
+        (True, False)
+    """
+    if ":" in arg:
+        return False
+    return "/" in arg or "\\" in arg or Path(arg).is_dir()
+
+
+def _pick(result: Dict[str, Any], budget: Optional[str]) -> Dict[str, Any]:
+    rows = result["budgets"]
+    names = ", ".join(r["budget"] for r in rows)
+    if budget is None:
+        if len(rows) > 1:
+            raise ConfigError(f"the run searched several budgets ({names}); pick one with --budget")
+        return rows[0]
+    for r in rows:
+        if r["budget"].replace(" ", "").lower() == budget.replace(" ", "").lower():
+            return r
+    raise ConfigError(f"the run has no budget {budget!r}; it searched {names}")
+
+
+def _check_out(path: Path, force: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output path {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise OutputExistsError(f"output folder {path} exists and is not empty; pass --force to "
+                                "write into it anyway")
+
+
+def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "inherit",
+               formats: Collection[str] = FORMATS, out_dir: Optional[PathLike] = None,
+               force: bool = False) -> RunExportReport:
+    """Export the sub-network a search run chose for ``budget``.
+
+    Args:
+        run_dir: a finished ``cafeslim search`` run folder.
+        budget: which of the run's budgets (as written, e.g. ``50%``); needed only when the run
+            searched several.
+        init: ``inherit`` (supernet weights, recalibrated BN) or ``scratch`` (fresh weights).
+        formats: subset of ``pt``, ``pt2``, ``onnx``.
+        out_dir: default ``RUN/export`` (``RUN/export/<budget>`` for a multi-budget run).
+        force: write into a non-empty ``out_dir``.
+
+    Returns:
+        A :class:`RunExportReport`.
+
+    Raises:
+        CheckpointError: missing, foreign or unfinished run folder, or a checkpoint that does
+            not fit the run.
+        ConfigError: unknown budget, init or format.
+        OutputExistsError: ``out_dir`` is not empty and ``force`` is False.
+
+    Example:
+        >>> rep = export_run("runs/test_resnet-50pct")                          # doctest: +SKIP
+        >>> rep.top1("slimmed") == rep.recorded_top1 == rep.top1("onnx")        # doctest: +SKIP
+        True
+    """
+    import torch
+
+    from ..flops import count_flops, count_params
+    from ..graph import spec_from_json
+    from ..search.report import read_result
+    from ..search.run import build, load_settings, make_fitness
+    from ..supernet import Supernet
+    from .formats import export_model, widths_info, write_widths_json
+    from .slim import slim
+
+    if init not in INITS:
+        raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise ConfigError(f"--format takes {', '.join(FORMATS)}; got {', '.join(sorted(unknown))}")
+    run_dir = Path(run_dir)
+    result = read_result(run_dir)
+    settings = load_settings(run_dir)
+    entry = _pick(result, budget)
+    slug = entry["budget"].replace("%", "pct").replace(" ", "")
+    out = Path(out_dir) if out_dir is not None else (
+        run_dir / "export" if len(result["budgets"]) == 1 else run_dir / "export" / slug)
+    _check_out(out, force)
+
+    b = build(settings)
+    if b.info.name != result["model"]:
+        raise CheckpointError(f"{run_dir} was searched on {result['model']}, its config builds "
+                              f"{b.info.name}")
+    spec = b.graph.validate_spec(spec_from_json(entry["spec"]))
+    net = Supernet(b.info.model, b.graph, b.space)
+    if entry.get("checkpoint"):
+        _load_weights(net, run_dir / entry["checkpoint"], b.info.name)
+    fitness = make_fitness(b, net, offset=0)
+    rows: List[ParityRow] = []
+    if init == "inherit":
+        # Recalibrates BN on the search's batches and keeps the statistics for export_subnet.
+        rows.append(ParityRow("supernet sub-network", fitness.score_spec(spec)))
+        small = net.export_subnet(spec)
+    else:
+        small = slim(b.info.model, b.graph, spec)
+        torch.manual_seed(settings.train.seed)
+        for m in small.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()  # conv/linear init, BN weight 1 bias 0 and fresh statistics
+    small.eval()
+    x = b.info.example_input()
+    flops_before = float(b.fm.fvcore_full or count_flops(b.info.model, x))
+    flops_after = float(count_flops(small, x))
+    extra = {"method": f"search:{result['method']}", "run": str(run_dir),
+             "budget": entry["budget"], "init": init, "top1_recorded": entry["top1"],
+             "flops_predicted": entry["flops"], "num_classes": result.get("num_classes"),
+             "data": settings.data, "img_size": settings.train.img_size, "seed": settings.train.seed,
+             "val_split": settings.train.val_split, "pretrained": settings.pretrained,
+             "weights": settings.weights}
+    meta = widths_info(b.graph, spec, source=b.info.name, slim_model=small, original=b.info.model,
+                       flops=flops_after, full_flops=flops_before, extra=extra)
+    res = export_model(small, x, out, set(formats), meta)
+    rep = RunExportReport(run_dir, out, entry["budget"], init, float(entry["top1"]),
+                          flops_before=flops_before, flops_after=flops_after,
+                          flops_predicted=float(entry["flops"]),
+                          params_before=count_params(b.info.model), params_after=count_params(small),
+                          files=[res.paths[f] for f in ("widths", *FORMATS) if f in res.paths],
+                          errors=dict(res.errors))
+    rep.parity = rows + _parity(net if init == "inherit" else None, spec, small,
+                                res.paths.get("onnx"), fitness.val, rep)
+    if init == "inherit" and "widths" in res.paths:  # what the user gets, measured on D_val
+        meta["top1_dval"] = rep.top1("slimmed")
+        write_widths_json(res.paths["widths"], meta)
+    return rep
+
+
+def _load_weights(net: Any, path: Path, model_name: str) -> None:
+    from ..supernet.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    found = (ckpt.get("fingerprint") or {}).get("model")
+    if found != model_name:
+        raise CheckpointError(f"checkpoint {path} was made for model {found}, not {model_name}")
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit the run's model: "
+                              f"{str(exc).splitlines()[0]}") from None
+
+
+def _parity(net: Any, spec: Any, small: Any, onnx_path: Optional[Path], batches: Any,
+            rep: RunExportReport) -> List[ParityRow]:
+    """Top-1 of the slimmed model and onnxruntime on D_val, max abs differences of logits."""
+    import numpy as np
+    import torch
+
+    sess = None
+    if onnx_path is not None:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    hits = {"slim": 0, "onnx": 0}
+    diff = {"slim": 0.0, "onnx": 0.0}
+    n = 0
+    if net is not None:
+        net.eval()
+        net.set_subnet(spec)
+    with torch.inference_mode():
+        for images, labels in batches:
+            y = small(images)
+            hits["slim"] += int((y.argmax(1) == labels).sum())
+            if net is not None:
+                diff["slim"] = max(diff["slim"], float((y - net(images)).abs().max()))
+            if sess is not None:
+                z = sess.run(None, {sess.get_inputs()[0].name: images.numpy()})[0]
+                hits["onnx"] += int((np.argmax(z, 1) == labels.numpy()).sum())
+                diff["onnx"] = max(diff["onnx"], float(np.abs(z - y.numpy()).max()))
+            n += int(labels.numel())
+    if net is not None:
+        net.set_subnet(None)
+    rep.images = n
+    rows = [ParityRow("slimmed model (PyTorch)", hits["slim"] / max(n, 1),
+                      diff["slim"] if net is not None else None,
+                      "supernet sub-network" if net is not None else "")]
+    if sess is not None:
+        rows.append(ParityRow("onnxruntime (model.onnx)", hits["onnx"] / max(n, 1), diff["onnx"],
+                              "slimmed model"))
+    return rows
+
+
+__all__ = ["INITS", "ParityRow", "RunExportReport", "export_run", "is_run_dir"]

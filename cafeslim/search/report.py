@@ -1,0 +1,414 @@
+"""What a search run reports: live progress, ``result.json``, ``report.md`` and its plots.
+
+Plots (PNG, in ``plots/``), drawn with matplotlib's Agg backend (no display needed):
+
+* ``widths.png`` — the kept fraction of every searchable layer per budget, like the paper's
+  Fig. 4, with the full channel counts in the labels;
+* ``accuracy_flops.png`` — D_val top-1 against FLOPs of every evaluated width vector, the
+  chosen ones marked, the budget windows shaded;
+* ``bins.png`` — bin size and number of bins per layer (Fig. 5), from ``inspect-bins``;
+* ``loss.png`` — the supernet's training loss (when the run trained one).
+
+Example:
+    >>> write_report(Path("runs/test_resnet-50pct"), read_result("runs/test_resnet-50pct"))  # doctest: +SKIP
+    PosixPath('runs/test_resnet-50pct/report.md')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from ..errors import CheckpointError
+
+RUN_FORMAT = "cafeslim.run/1"
+COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
+
+
+class SearchRecorder:
+    """Writes ``search.jsonl`` and the searchers' state as a search goes, and shows progress.
+
+    On creation the log is rewritten to the earlier stages' lines plus the saved histories of
+    this search: records scored after the last saved generation are dropped (the resumed
+    search scores them again), so the log reads as one uninterrupted run. A live rich bar on
+    stderr shows generations done, widths evaluated and the best D_val top-1 so far.
+
+    Args:
+        log_path, state_path: ``search.jsonl`` and the state file (written atomically).
+        stage: this search's stage (None: single-stage; every earlier line is dropped).
+        states: the saved per-budget states being resumed (None: a fresh search).
+        progress: draw the bar; label, total: its text and number of generations.
+        write: False on the ranks that must not write (torchrun).
+
+    Example:
+        >>> rec = SearchRecorder(run / "search.jsonl", run / "search_state.json", None, None,
+        ...                      True, "50%", total=50)                            # doctest: +SKIP
+        >>> search_budgets(..., on_eval=rec.on_eval, on_state=rec.on_state)       # doctest: +SKIP
+    """
+
+    def __init__(self, log_path: Path, state_path: Path, stage: Optional[int],
+                 states: Optional[List[Any]], progress: bool, label: str, total: int,
+                 write: bool = True) -> None:
+        from ..config import atomic_write
+
+        self.state_path, self.write, self.n, self.best = state_path, write, 0, float("nan")
+        keep = []
+        if stage is not None and log_path.exists():
+            for line in log_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if int(json.loads(line).get("stage", stage)) < stage:
+                        keep.append(line)
+                except (ValueError, AttributeError, TypeError):
+                    continue  # a line torn by a kill
+        for st in states or []:
+            keep += [json.dumps(r) for r in (st or {}).get("history", [])]
+        self.log = None
+        if write:
+            text = "".join(k + "\n" for k in keep)
+            atomic_write(log_path, lambda fh: fh.write(text.encode("utf-8")))
+            self.log = open(log_path, "a", encoding="utf-8")
+        self.bar = None
+        if progress:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn(f"[bold]search {label}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn(
+                                    "generations  {task.fields[n]} widths  best top-1 "
+                                    "{task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=Console(stderr=True))
+            self.task = self.bar.add_task("search", total=total, completed=self.generations(states),
+                                          n=0, best="-")
+            self.bar.start()
+
+    @staticmethod
+    def generations(states: Optional[List[Any]]) -> int:
+        """Finished generations over all budgets of a list of states."""
+        return sum(int((st or {}).get("generation", 0)) for st in states or [])
+
+    def on_eval(self, rec: Mapping[str, Any]) -> None:
+        """Append one newly scored record to the log (searchers' ``on_eval``)."""
+        if self.log is not None:
+            self.log.write(json.dumps(rec) + "\n")
+        self.n += 1
+        if not rec["top1"] <= self.best:  # also replaces the initial NaN
+            self.best = float(rec["top1"])
+        if self.bar is not None:
+            self.bar.update(self.task, n=self.n, best=f"{self.best:.2%}")
+
+    def on_state(self, states: List[Any]) -> int:
+        """Save the states after a generation (searchers' ``on_state``); returns generations."""
+        from ..config import atomic_write
+
+        if self.write:
+            self.log.flush()
+            text = json.dumps({"format": "cafeslim.search-state/1", "budgets": states}) + "\n"
+            atomic_write(self.state_path, lambda fh: fh.write(text.encode("utf-8")))
+        done = self.generations(states)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+        return done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        if self.log is not None:
+            self.log.close()
+
+
+def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any]:
+    """The ``result.json`` document of a run.
+
+    Per budget: the budget (as written and in FLOPs) and its window, D_val top-1, FLOPs of the
+    winning IndexSpec by the FLOPs model (exact: it equals fvcore on the slimmed model), params
+    of the slimmed model, bin counts ``k`` of ``num_bins``, channels per searchable group, the
+    winning candidate and the IndexSpec itself, and the checkpoint it was found on.
+
+    Args:
+        b: the run's :class:`~cafeslim.search.run.Built`.
+        out: what the method produced (``results``, ``checkpoints``, ``train``, ``search``,
+            optionally ``space`` of the last stage and ``stages``).
+        seconds: the run's wall time.
+
+    Example:
+        >>> doc = result_json(built, out, 312.0)                         # doctest: +SKIP
+        >>> doc["budgets"][0]["flops"] <= doc["budgets"][0]["budget_flops"]  # doctest: +SKIP
+        True
+    """
+    from ..bins import human_flops
+    from ..export import slim
+    from ..flops import count_params
+
+    graph, s = b.graph, b.settings.search
+    full_params = count_params(b.info.model)
+    space = out.get("space", b.space)
+    rows = []
+    for text, budget, res, ckpt in zip(s.budgets, b.budgets, out["results"], out["checkpoints"]):
+        best = res.best
+        spec = best.best_spec
+        params = count_params(slim(b.info.model, graph, spec))
+        rows.append({
+            "budget": text, "budget_flops": budget, "window": [s.low * budget, budget],
+            "top1": best.top1, "flops": best.flops, "flops_ratio": best.flops / b.fm.full,
+            "flops_human": human_flops(best.flops), "params": params,
+            "params_ratio": params / full_params if full_params else None,
+            "k": [int(v) for v in best.k], "num_bins": [int(v) for v in space.num_bins],
+            "widths": {str(g): int(w) for g, w in graph.widths_of(spec).items()},
+            "candidate": best.candidate, "candidate_top1s": list(best.candidate_top1s),
+            "spec": {str(g): [int(i) for i in v] for g, v in sorted(spec.items())},
+            "evaluated": res.evaluated, "searcher": res.searcher, "checkpoint": ckpt})
+    return {
+        "format": RUN_FORMAT, "model": b.info.name, "method": s.method, "data": b.settings.data,
+        "input_size": list(b.info.input_size), "num_classes": b.data.num_classes,
+        "full": {"flops": b.fm.full, "params": full_params},
+        "groups": [{"id": g.id, "layer": (g.producers or g.layers or [""])[0],
+                    "channels": g.channels} for g in graph.searchable],
+        "space": {"groups": len(b.space.groups), "log10_size": b.space.log10_size,
+                  "beta": b.space.beta, "offset": b.space.offset},
+        "train": out.get("train"), "search": out.get("search"), "stages": out.get("stages"),
+        "seconds": round(seconds, 2), "budgets": rows}
+
+
+def read_result(run_dir: Union[str, Path]) -> Dict[str, Any]:
+    """A finished run's ``result.json``.
+
+    Raises:
+        CheckpointError: no such folder, not a run folder, or a run that has not finished.
+
+    Example:
+        >>> read_result("runs/test_resnet-50pct")["budgets"][0]["widths"]   # doctest: +SKIP
+        {'1': 16, '2': 32, ...}
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    path = run_dir / "result.json"
+    if not path.is_file():
+        what = ("has not finished (no result.json); continue it with cafeslim search --resume"
+                if (run_dir / "config.yaml").is_file() else
+                "is not a cafeslim run folder (no result.json)")
+        raise CheckpointError(f"{run_dir} {what}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is unreadable or corrupt") from None
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or not doc.get("budgets"):
+        raise CheckpointError(f"{path} is not a cafeslim search result")
+    return doc
+
+
+def _jsonl(path: Path) -> List[Dict[str, Any]]:
+    out = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def _pct(x: Optional[float]) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+
+
+def _human(n: float) -> str:
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return f"{n:.0f}"
+
+
+def write_report(run_dir: Union[str, Path], result: Mapping[str, Any],
+                 space: Any = None) -> Path:
+    """Write ``report.md`` and ``plots/*.png`` from a run's files (and its bins, if given).
+
+    Args:
+        run_dir: the run folder (``search.jsonl`` and ``metrics.jsonl`` are read from it).
+        result: the ``result.json`` document.
+        space: the stage-1 :class:`~cafeslim.bins.SearchSpace` for the bins plot (skipped
+            when None).
+
+    Example:
+        >>> write_report(run, read_result(run), space)                   # doctest: +SKIP
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    records = _jsonl(run_dir / "search.jsonl")
+    metrics = _jsonl(run_dir / "metrics.jsonl")
+    for extra in sorted(run_dir.glob("stage[0-9]*/metrics.jsonl")):
+        metrics += [{**m, "stage": extra.parent.name} for m in _jsonl(extra)]
+    title = f"{result['model']} ({result['method']})"
+    figs = {"widths": plot_widths(result, plots / "widths.png", title),
+            "accuracy": plot_accuracy(result, records, plots / "accuracy_flops.png", title)}
+    if space is not None and len(space.groups):
+        from ..cli.inspect_bins import plot_bins
+
+        figs["bins"] = plot_bins(space, plots / "bins.png", title=f"{result['model']}: bins of "
+                                 f"the search space (β={space.beta:g}, offset r={space.offset})")
+    if metrics:
+        figs["loss"] = plot_loss(metrics, plots / "loss.png", title)
+    md = _markdown(result, records, {k: v.relative_to(run_dir).as_posix() for k, v in figs.items()},
+                   run_dir)
+    path = run_dir / "report.md"
+    path.write_text(md, encoding="utf-8")
+    return path
+
+
+def _markdown(r: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+              figs: Mapping[str, str], run_dir: Path) -> str:
+    full = r["full"]
+    lines = [f"# Width search: {r['model']}", "",
+             f"Method **{r['method']}** on data `{r['data']}`, input {'×'.join(map(str, r['input_size']))}; "
+             f"full model {_human(full['flops'])} FLOPs, {_human(full['params'])} params; "
+             f"{r['space']['groups']} searchable groups, search space 10^{r['space']['log10_size']:.1f} "
+             f"(β={r['space']['beta']:g}, offset r={r['space']['offset']}); run time {r['seconds']:.0f} s.",
+             "", "## Result", "",
+             "| budget | FLOPs | of full | params | of full | D_val top-1 | widths evaluated | checkpoint |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for b in r["budgets"]:
+        lines.append(f"| {b['budget']} | {_human(b['flops'])} | {b['flops_ratio']:.3f} | "
+                     f"{_human(b['params'])} | {b['params_ratio']:.3f} | {_pct(b['top1'])} | "
+                     f"{b['evaluated']} | {b['checkpoint'] or '–'} |")
+    lines += ["", "FLOPs count one multiply-add as one FLOP (fvcore's convention), at the input "
+              "size above. D_val is held out of the training images; the test split is only "
+              "used by `cafeslim eval`.", "", "## Widths per layer", "",
+              f"![kept channels per layer]({figs['widths']})", "",
+              "| group | layer | channels | " + " | ".join(b["budget"] for b in r["budgets"]) + " |",
+              "|---:|---|---:|" + "---:|" * len(r["budgets"])]
+    for g in r["groups"]:
+        kept = [str(b["widths"].get(str(g["id"]), g["channels"])) for b in r["budgets"]]
+        lines.append(f"| {g['id']} | `{g['layer']}` | {g['channels']} | " + " | ".join(kept) + " |")
+    lines += ["", "## Accuracy against FLOPs", "", f"![D_val top-1 vs FLOPs]({figs['accuracy']})",
+              "", f"{len(records)} width vectors evaluated; each point is the best of its locally "
+              "free candidates (max-max, Eq. 13) after BatchNorm recalibration."]
+    if "bins" in figs:
+        lines += ["", "## Bins", "", f"![bins per layer]({figs['bins']})"]
+    t, s = r.get("train"), r.get("search") or {}
+    if t:
+        lines += ["", "## Supernet training", "", f"{t['steps']} of {t['total_steps']} steps "
+                  f"({t['epochs']:g} epochs), last logged loss {t.get('final_loss') or float('nan'):.4f}; "
+                  f"this invocation: {t['seconds']:.0f} s, {t['images_per_s']:.0f} images/s."]
+        if "loss" in figs:
+            lines += ["", f"![training loss]({figs['loss']})"]
+    if s:
+        lines += ["", "## Search", "", f"{s.get('evaluated', 0)} width vectors; this invocation "
+                  f"scored {s.get('widths', 0)} in {s.get('seconds', 0):.0f} s "
+                  f"({s.get('widths_per_s', 0):.2f}/s), time in BN recalibration "
+                  f"{_pct(s.get('recal_share'))}, in evaluation {_pct(s.get('eval_share'))}."]
+    lines += ["", "## Next", "", "```bash", f"cafeslim export {run_dir}",
+              f"cafeslim eval {run_dir}/export", "```", ""]
+    return "\n".join(lines)
+
+
+def plot_widths(result: Mapping[str, Any], path: Path, title: str = "") -> Path:
+    """Kept fraction of every searchable layer, one bar series per budget (Fig. 4).
+
+    Example:
+        >>> plot_widths(read_result(run), Path("widths.png"))            # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    groups, budgets = result["groups"], result["budgets"]
+    n, m = len(groups), len(budgets)
+    fig, ax = plt.subplots(figsize=(min(max(7.0, 0.32 * n * max(1, m) ** 0.5 + 2.5), 30.0), 5.0))
+    width = 0.8 / max(m, 1)
+    for j, b in enumerate(budgets):
+        ratio = [b["widths"].get(str(g["id"]), g["channels"]) / g["channels"] for g in groups]
+        xs = [i + (j - (m - 1) / 2) * width for i in range(n)]
+        ax.bar(xs, ratio, width=width, color=COLORS[j % len(COLORS)],
+               label=f"{b['budget']}: {_human(b['flops'])} FLOPs, top-1 {_pct(b['top1'])}")
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_ylim(0, 1.12 + 0.07 * ((m + 1) // 2))  # headroom above 1.0 for the legend
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.set_ylabel("kept channels / original")
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([_short(g["layer"]) + f" ({g['channels']})" for g in groups],
+                       rotation=90, fontsize=7 if n > 30 else 8)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_xlabel("searchable layer (original channels), in network order")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9, ncol=2 if m > 1 else 1)
+    ax.set_title(f"{title}: width per layer" if title else "width per layer", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_accuracy(result: Mapping[str, Any], records: Sequence[Mapping[str, Any]], path: Path,
+                  title: str = "") -> Path:
+    """D_val top-1 against FLOPs of every evaluated width, the chosen ones as stars.
+
+    Example:
+        >>> plot_accuracy(read_result(run), records, Path("acc.png"))    # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.0, 5.0))
+    scale, unit = _unit(result["full"]["flops"])
+    keys = sorted({(rec.get("stage") or 0, rec["budget"]) for rec in records})
+    for j, key in enumerate(keys):
+        pts = [rec for rec in records if (rec.get("stage") or 0, rec["budget"]) == key]
+        label = f"evaluated, budget {_human(key[1])}" + (f" (stage {key[0]})" if key[0] else "")
+        ax.scatter([p["flops"] / scale for p in pts], [100 * p["top1"] for p in pts], s=14,
+                   alpha=0.55, color=COLORS[j % len(COLORS)], label=label, linewidths=0)
+    for j, b in enumerate(result["budgets"]):
+        lo, hi = b["window"]
+        ax.axvspan(lo / scale, hi / scale, color="grey", alpha=0.12)
+        ax.scatter([b["flops"] / scale], [100 * b["top1"]], marker="*", s=260, color="gold",
+                   edgecolors="black", linewidths=0.8, zorder=5,
+                   label=f"chosen {b['budget']}: {_pct(b['top1'])}" if j < 6 else None)
+    ax.set_xlabel(f"FLOPs ({unit}, one multiply-add = one FLOP)")
+    ax.set_ylabel("D_val top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    ax.set_title((f"{title}: " if title else "") + "accuracy vs FLOPs (grey: budget windows)",
+                 fontsize=11)
+    return _save(fig, path)
+
+
+def plot_loss(metrics: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """The supernet's training loss per logged step (one line per stage)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    for j, stage in enumerate(dict.fromkeys(m.get("stage", "stage1") for m in metrics)):
+        pts = [m for m in metrics if m.get("stage", "stage1") == stage]
+        ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], marker="o", ms=3,
+                color=COLORS[j % len(COLORS)], label=stage)
+    ax.set_xlabel("step")
+    ax.set_ylabel("min-min loss (label-smoothed CE)")
+    ax.grid(alpha=0.3)
+    if j:
+        ax.legend(fontsize=8)
+    ax.set_title((f"{title}: " if title else "") + "supernet training", fontsize=11)
+    return _save(fig, path)
+
+
+def _unit(full: float) -> tuple:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if full >= 10 * scale:
+            return scale, unit
+    return 1.0, ""
+
+
+def _short(name: str, n: int = 26) -> str:
+    return name if len(name) <= n else "…" + name[-(n - 1):]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+__all__ = ["SearchRecorder", "plot_accuracy", "plot_loss", "plot_widths", "read_result",
+           "result_json", "write_report"]

@@ -1,0 +1,110 @@
+"""``cafeslim search`` / ``export RUN`` / ``eval`` at the command line: settings and errors.
+
+Everything here fails (or resolves) before any model is built. Commands run in-process through
+:func:`cafeslim.cli.app.main` (the console script's entry point, with its error handling); one
+subprocess checks the real executable.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from cafeslim.cli.app import main
+from cafeslim.cli.search import default_run_dir, resolve_settings
+from cafeslim.errors import ConfigError
+from cafeslim.search.run import DEMO_PRESET, RunSettings, SearchConfig
+
+MODEL = "timm:test_resnet"
+
+
+@pytest.fixture
+def run(capsys):
+    def go(*args):
+        with pytest.raises(SystemExit) as exc:
+            main([str(a) for a in args])
+        cap = capsys.readouterr()
+        return SimpleNamespace(returncode=exc.value.code, stdout=cap.out, stderr=cap.err)
+    return go
+
+
+def one_error_line(res, *needles):
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def flags(**sections):
+    return {"train": {}, "search": {}, "bins": {}, **sections}
+
+
+def test_precedence_flags_over_yaml_over_demo_preset_over_defaults(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"train": {"epochs": 7, "batch-size": 16},
+                                   "search": {"population": 30, "flops": "2G"},
+                                   "bins": {"beta": 2}}))
+    s = resolve_settings(MODEL, cfg, None, flags(train={"epochs": 2, "seed": None},
+                                                 search={"flops": "50%"}))
+    assert (s.train.epochs, s.train.batch_size, s.train.seed) == (2, 16, 0)   # flag, YAML, default
+    assert (s.search.flops, s.search.population) == ("50%", 30)
+    assert s.search.iterations == DEMO_PRESET["search"]["iterations"]          # demo preset
+    assert s.bins.beta == 2.0 and s.data == "demo"
+    real = resolve_settings(MODEL, None, str(tmp_path), flags(search={"flops": "1G"}))
+    assert (real.search.population, real.search.iterations, real.train.epochs) == (40, 50, 10)
+
+
+def test_fixed_method_means_offset_zero():
+    s = resolve_settings(MODEL, None, None, flags(search={"flops": "50%", "method": "fixed"}))
+    assert s.train.offset == 0
+    with pytest.raises(ConfigError, match="fixed is r = 0"):
+        resolve_settings(MODEL, None, None,
+                         flags(search={"method": "fixed"}, train={"offset": 1}))
+
+
+def test_bad_settings(tmp_path):
+    (tmp_path / "c.yaml").write_text("serch: {population: 3}\n")
+    with pytest.raises(ConfigError, match="unknown config key.*'serch'"):
+        resolve_settings(MODEL, tmp_path / "c.yaml", None, flags())
+    with pytest.raises(ConfigError, match="population must be at least 2"):
+        resolve_settings(MODEL, None, None, flags(search={"population": 1}))
+    with pytest.raises(ConfigError, match="unknown search setting 'populaton'"):
+        resolve_settings(MODEL, {"search": {"populaton": 3}}, None, flags())
+
+
+def test_default_run_dir():
+    s = RunSettings("tv:resnet18", search=SearchConfig(flops="1G,50%", method="uniform"))
+    assert str(default_run_dir(s)) == "runs/resnet18-1G_50pct-uniform"
+
+
+@pytest.mark.parametrize("cmd", ["search", "eval"])
+def test_help_has_examples(cmd):
+    res = subprocess.run([sys.executable, "-m", "cafeslim", cmd, "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"cafeslim {cmd} " in res.stdout
+
+
+def test_search_errors_are_one_line(tmp_path, run):
+    one_error_line(run("search", MODEL, "--out", tmp_path / "r"), "--flops")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("x")
+    one_error_line(run("search", MODEL, "--flops", "50%", "--out", tmp_path / "busy"),
+                   "not empty", "--resume", "--force")
+    one_error_line(run("search", MODEL, "--flops", "50%", "--out", tmp_path / "r", "--resume"),
+                   "does not exist")
+    one_error_line(run("search", MODEL, "--flops", "50%", "--method", "fixed", "--offset", "2",
+                       "--out", tmp_path / "r"), "--offset")
+
+
+def test_export_run_rejects_model_options(tmp_path, run):
+    one_error_line(run("export", tmp_path / "run", "--uniform", "0.5"), "--uniform")
+    one_error_line(run("export", "tv:resnet18", "--budget", "50%", "--out", tmp_path / "o"),
+                   "--budget")
+    one_error_line(run("eval", tmp_path / "missing"), "does not exist")
