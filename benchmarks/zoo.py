@@ -111,6 +111,8 @@ def _cell(row, prop):
     props = row.get("properties")
     if not props:
         return "–"
+    if str((row.get("details") or {}).get(prop, "")).startswith("n/a"):
+        return "n/a"
     return "✓" if props.get(prop) else "✗"
 
 
@@ -163,6 +165,8 @@ def write_report(results: dict, tv_names, timm_names, command: str) -> None:
         "",
         f"- torchvision: **{tvp} of {tvn}** pass ({tvd} run, {tvs} skipped for memory)",
         f"- timm families: **{tip} of {tin}** pass ({tid} run, {tis} skipped for memory)",
+        *([f"- not run yet: {tvn - tvd + tin - tid} models (the sweep was stopped; `python benchmarks/zoo.py` "
+           "resumes from `benchmarks/zoo_results.jsonl`)"] if tvn - tvd + tin - tid else []),
         "",
         "Reference: Torch-Pruning 1.6 at 50% width slims 64 of 80 torchvision and 69 of 157 timm",
         "families (measured on this machine by the issue's author).",

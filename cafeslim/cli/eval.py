@@ -86,10 +86,14 @@ def _fmt(name: str, v: Optional[float]) -> str:
 
 
 def render_eval(rep: "EvalReport") -> None:
-    """Print the evaluation table on stdout."""
+    """Print the evaluation table on stdout.
+
+    Example:
+        >>> render_eval(evaluate("runs/x/export"))                              # doctest: +SKIP
+    """
     where = f"{rep.data}: {rep.images} held-out images" if rep.data else "no accuracy data"
     table = Table(title=f"{rep.target} vs {rep.source} ({'×'.join(map(str, rep.input_size))}; "
-                        f"{where}; {rep.threads} threads)", title_justify="left",
+                        f"{where}; {rep.threads} thread{'s' if rep.threads != 1 else ''})", title_justify="left",
                   box=box.SIMPLE_HEAD)
     for head in ("metric", "this", "original", "ratio"):
         table.add_column(head, justify="left" if head == "metric" else "right", no_wrap=True)

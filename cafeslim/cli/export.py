@@ -12,11 +12,11 @@ import typer
 from rich.text import Text
 
 from ..errors import ConfigError
-from .common import (ModelArg, NumClassesOpt, PretrainedOpt, WeightsOpt, before_after,
-                     ensure_empty_dir, load_model, out)
+from .common import (NumClassesOpt, PretrainedOpt, WeightsOpt, before_after, ensure_empty_dir,
+                     load_model, out)
 
 if TYPE_CHECKING:
-    from ..export import ExportReport
+    from ..export import UniformExportReport
     from ..export.run_export import RunExportReport
 
 FORMATS = ("pt", "pt2", "onnx")
@@ -125,9 +125,7 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
     # Before the (slow) model creation, so a mistyped --out fails at once.
     ensure_empty_dir(out_dir, force)
     info = load_model(model, weights, pretrained, num_classes)
-    # TODO(lead): re-export uniform_export from cafeslim.export and import it from there.
-    from ..export.formats import ExportError
-    from ..export.pipeline import uniform_export
+    from ..export import ExportError, uniform_export
 
     report = uniform_export(info, fraction=uniform, flops=flops, order=order.value, formats=fmt,
                             out_dir=out_dir, widths_file=widths, force=force)
@@ -153,7 +151,7 @@ def parse_formats(text: str) -> List[str]:
     return list(dict.fromkeys(items))
 
 
-def render_export(name: str, report: "ExportReport") -> None:
+def render_export(name: str, report: "UniformExportReport") -> None:
     """Print FLOPs and params before → after, and the files written, on stdout."""
     out.print(Text(f"exported {name}", style="bold"))
     out.print(before_after("FLOPs", report.flops_before, report.flops_after))
@@ -163,7 +161,11 @@ def render_export(name: str, report: "ExportReport") -> None:
 
 
 def render_run_export(rep: "RunExportReport") -> None:
-    """Print what a run export wrote and its parity report on stdout; fail on a broken format."""
+    """Print what a run export wrote and its parity report on stdout; fail on a broken format.
+
+    Example:
+        >>> render_run_export(export_run("runs/x"))                             # doctest: +SKIP
+    """
     from rich import box
     from rich.table import Table
 

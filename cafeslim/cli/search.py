@@ -247,7 +247,11 @@ def default_run_dir(settings: "RunSettings") -> Path:
 
 
 def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
-    """Print the per-budget summary and where the report is, on stdout."""
+    """Print the per-budget summary and where the report is, on stdout.
+
+    Example:
+        >>> render_result(Path("runs/x"), read_result("runs/x"))                # doctest: +SKIP
+    """
     full = result["full"]
     table = Table(title=f"{result['model']} ({result['method']}): full {human(full['flops'])} "
                         f"FLOPs, {human(full['params'])} params", title_justify="left",

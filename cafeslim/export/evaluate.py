@@ -243,9 +243,9 @@ def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[i
     rep = EvalReport(target=str(folder or target), source=info.name, input_size=shape,
                      threads=torch.get_num_threads())
     if data is not None:
+        # Only the held-out split is read: no D_val needed (val_split 0).
         cfg = TrainConfig(batch_size=batch_size, workers=4, seed=int(meta.get("seed") or 0),
-                          val_split=float(meta.get("val_split") or 0.1), img_size=shape[-1],
-                          device="cpu")
+                          val_split=0.0, img_size=shape[-1], device="cpu")
         loaders = build_data(data, info, cfg)
         if loaders.test is None:
             raise DataError(f"{data} has no val/ folder to evaluate on")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, Optional, Set
 
 import torch
 import torch.fx as fx
@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import TraceError
 from . import layers, structure
 from .channel_graph import ChannelGraph, OpRecord, TensorDesc
-from .rules import Ctx, ParamRef, Plain, binary, opaque, passthrough, reduce, shape_of
+from .rules import Ctx, ParamRef, Plain, binary, opaque, passthrough, reduce
 from .state import Desc, State
 from .trace import Traced, trace
 

@@ -10,18 +10,14 @@ the model.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from .layout import default_axis, map_index, map_permute, map_reshape, sub_desc
+from .layout import default_axis, map_reshape
 from .state import Desc, State
-from .trace import is_bn_like, is_std_conv
 
 
 @dataclass(frozen=True)

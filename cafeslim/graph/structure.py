@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.fx as fx
 
 from .layout import map_index, map_permute, sub_desc

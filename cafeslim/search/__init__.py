@@ -7,17 +7,22 @@ Example:
     >>> res.best.best_spec        # the IndexSpec to export                              # doctest: +SKIP
 """
 
-from .fitness import CachedFitness, Fitness, FitnessResult, FitnessStats, FunctionFitness, as_key
-from .multistage import (Stage, StageResult, SubGroupBins, plan_stages, run_stages, shrink_space,
-                         stage_betas, stage_budgets)
-from .operators import Window, crossover, mutate
-from .searchers import (SEARCHERS, EvolutionSearcher, RandomSearcher, SearchResult, Searcher,
-                        evolution_search, random_search, search_budgets)
+import importlib
 
-__all__ = [
-    "CachedFitness", "EvolutionSearcher", "Fitness", "FitnessResult", "FitnessStats",
-    "FunctionFitness", "RandomSearcher", "SEARCHERS", "SearchResult", "Searcher", "Stage",
-    "StageResult", "SubGroupBins", "Window", "as_key", "crossover", "evolution_search", "mutate",
-    "plan_stages", "random_search", "run_stages", "search_budgets", "shrink_space", "stage_betas",
-    "stage_budgets",
-]
+# Lazy: ``cafeslim search``'s argument errors should not wait for torch to import.
+_EXPORTS = {
+    "fitness": ["CachedFitness", "Fitness", "FitnessResult", "FitnessStats", "FunctionFitness", "as_key"],
+    "multistage": ["Stage", "StageResult", "SubGroupBins", "plan_stages", "run_stages", "shrink_space",
+                   "stage_betas", "stage_budgets"],
+    "operators": ["Window", "crossover", "mutate"],
+    "searchers": ["SEARCHERS", "EvolutionSearcher", "RandomSearcher", "SearchResult", "Searcher",
+                  "evolution_search", "random_search", "search_budgets"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

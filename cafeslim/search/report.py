@@ -75,11 +75,11 @@ class SearchRecorder:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
-            self.bar = Progress(TextColumn(f"[bold]search {label}"), BarColumn(),
+            self.bar = Progress(TextColumn(f"[bold]search {label}"), BarColumn(bar_width=20),
                                 MofNCompleteColumn(), TextColumn(
-                                    "generations  {task.fields[n]} widths  best top-1 "
-                                    "{task.fields[best]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                TimeRemainingColumn(), console=Console(stderr=True))
+                                    "gen  {task.fields[n]} widths  best {task.fields[best]}"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=Console(stderr=True))
             self.task = self.bar.add_task("search", total=total, completed=self.generations(states),
                                           n=0, best="-")
             self.bar.start()
@@ -352,7 +352,8 @@ def plot_accuracy(result: Mapping[str, Any], records: Sequence[Mapping[str, Any]
 
     fig, ax = plt.subplots(figsize=(8.0, 5.0))
     scale, unit = _unit(result["full"]["flops"])
-    keys = sorted({(rec.get("stage") or 0, rec["budget"]) for rec in records})
+    # In search order (budgets as given, stages in turn): the same colours as the widths plot.
+    keys = list(dict.fromkeys((rec.get("stage") or 0, rec["budget"]) for rec in records))
     for j, key in enumerate(keys):
         pts = [rec for rec in records if (rec.get("stage") or 0, rec["budget"]) == key]
         label = f"evaluated, budget {_human(key[1])}" + (f" (stage {key[0]})" if key[0] else "")
@@ -374,7 +375,11 @@ def plot_accuracy(result: Mapping[str, Any], records: Sequence[Mapping[str, Any]
 
 
 def plot_loss(metrics: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
-    """The supernet's training loss per logged step (one line per stage)."""
+    """The supernet's training loss per logged step (one line per stage).
+
+    Example:
+        >>> plot_loss(_jsonl(run / "metrics.jsonl"), run / "plots/loss.png")    # doctest: +SKIP
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.0, 3.8))

@@ -234,6 +234,18 @@ class Supernet(nn.Module):
             return t.device
         return torch.device("cpu")
 
+    def _lookup(self) -> Tuple[Dict[str, nn.Module], Dict[str, Tuple[int, ...]]]:
+        """Modules by name and tensor shapes by qualname, computed once (spec plans need them
+        hundreds of times; ``get_submodule`` per tensor was half the cost of a plan)."""
+        cached = self.__dict__.get("_lookup_cache")
+        if cached is None:
+            modules = dict(self.model.named_modules(remove_duplicate=False))
+            shapes = {n: tuple(t.shape) for n, t in self.model.named_parameters(remove_duplicate=False)}
+            shapes.update({n: tuple(t.shape) for n, t in self.model.named_buffers(remove_duplicate=False)})
+            cached = (modules, shapes)
+            self.__dict__["_lookup_cache"] = cached
+        return cached
+
     def _prepare(self, key: SpecKey) -> _Prepared:
         device = self._device()
         hit = self._prepared.get(key)
@@ -244,12 +256,22 @@ class Supernet(nn.Module):
         # Index tensors outlive this call and are saved for backward by index_select: they
         # must not be inference tensors even when a spec is first met under inference_mode.
         with torch.inference_mode(False):
-            indices = gather_indices(self.graph, spec, shapes=self.model, validate=False)
+            modules, shapes = self._lookup()
+            indices = gather_indices(self.graph, spec, shapes=shapes, validate=False)
             attrs = module_attributes(self.model, self.graph, spec, indices)
             ops = {}
+            # gather_indices shares one index tensor between the members of a group: analyse
+            # each tensor once.
+            memo: Dict[Tuple[int, int], List[_Op]] = {}
             for q, axes in indices.items():
                 modname, _, name = q.rpartition(".")
-                ops[q] = (self.model.get_submodule(modname), name, _ops_for(axes, device))
+                plan: List[_Op] = []
+                for axis, idx in axes:
+                    mkey = (id(idx), axis)
+                    if mkey not in memo:
+                        memo[mkey] = _ops_for([(axis, idx)], device)
+                    plan.extend(memo[mkey])
+                ops[q] = (modules[modname], name, plan)
         prep = _Prepared(spec, indices, attrs, ops, device)
         self._prepared[key] = prep
         if len(self._prepared) > max(self.cache_size, 1):

@@ -79,11 +79,7 @@ def test_full_width_equals_fvcore(name):
     assert fm.full == pytest.approx(fv, rel=1e-3), (name, fm.full, fv, fm.remainders)
 
 
-_NO_STD_ATTR = pytest.mark.xfail(strict=False, reason="analyze does not record attrs['std'] on "
-                                 "weight-standardised convs; FlopsModel reads it from the model")
-
-
-@pytest.mark.parametrize("name", MODELS + [pytest.param("timm:test_nfnet", marks=_NO_STD_ATTR)])
+@pytest.mark.parametrize("name", MODELS + ["timm:test_nfnet"])
 def test_graph_alone_is_exact(name):
     """Without the model, every op fvcore counts must still be costed exactly (no opaque op
     hides FLOPs in these models)."""

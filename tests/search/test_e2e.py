@@ -175,6 +175,38 @@ def test_export_and_eval_of_missing_or_foreign_folders_are_one_line(tmp_path, ca
     one_error_line(in_process(capsys, "eval", tmp_path / "nope"), "does not exist")
 
 
+def test_uniform_baseline_needs_no_supernet(tmp_path):
+    settings = RunSettings(MODEL, train=SETTINGS.train,
+                           search=SearchConfig(flops="50%,30%", method="uniform", recal_batches=1))
+    res = run_search(settings, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
+    rows = res.result["budgets"]
+    assert [r["budget"] for r in rows] == ["50%", "30%"]
+    for r in rows:
+        lo, hi = r["window"]
+        assert lo <= r["flops"] <= hi and r["evaluated"] == 1 and r["checkpoint"] is None
+    # No checkpoint: export rebuilds the seeded initial weights and reproduces the top-1.
+    rep = export_run(tmp_path / "run", "30%", formats=("pt",))
+    assert rep.top1("slimmed") == rows[1]["top1"] and rep.out_dir == tmp_path / "run/export/30pct"
+
+
+@pytest.mark.slow
+def test_multistage_search(tmp_path):
+    settings = RunSettings(MODEL, train=SETTINGS.train,
+                           search=SearchConfig(flops="50%", population=4, iterations=2, parents=2,
+                                               recal_batches=1, stages=2, alpha=2.0))
+    res = run_search(settings, tmp_path / "run", progress=False)
+    stages = res.result["stages"]
+    assert [s["stage"] for s in stages] == [1, 2] and stages[1]["beta"] == 0.5
+    assert stages[0]["budget"] > stages[1]["budget"] == res.result["budgets"][0]["budget_flops"]
+    assert res.result["budgets"][0]["checkpoint"] == "stage2/last.pt"
+    stage1 = {g: set(v) for g, v in stages[0]["spec"].items()}
+    for g, kept in res.result["budgets"][0]["spec"].items():  # stage 2 searched inside stage 1
+        assert set(kept) <= stage1.get(g, set(kept))
+    rep = export_run(tmp_path / "run", formats=("pt",))
+    assert rep.top1("slimmed") == res.result["budgets"][0]["top1"]
+
+
 @pytest.mark.slow
 def test_cli_search_sigkill_resume_export_eval(finished, tmp_path):
     """The real commands, killed with SIGKILL mid-search and resumed."""
@@ -186,10 +218,16 @@ def test_cli_search_sigkill_resume_export_eval(finished, tmp_path):
     cmd = [sys.executable, "-m", "cafeslim", "search", MODEL, "--flops", "50%", "--out", str(run)]
     proc = subprocess.Popen(cmd + ["--config", str(cfg)], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (run / "search_state.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    for marker in ("last.pt", "search_state.json"):   # killed in training, then in the search
+        deadline = time.time() + 240
+        while not (run / marker).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (run / "result.json").exists()
+        proc = subprocess.Popen(cmd + ["--resume"], env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    proc.kill()
     proc.wait()
     res = subprocess.run(cmd + ["--resume"], env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

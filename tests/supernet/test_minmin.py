@@ -96,7 +96,6 @@ def fake_loss(net, favourite):
 def test_picks_the_argmin_and_trains_only_it():
     net, space, opt, x, y = setup()
     rec = Recorder(net)
-    rng = np.random.default_rng(1)
     target = {}
 
     def favourite():
@@ -104,9 +103,9 @@ def test_picks_the_argmin_and_trains_only_it():
 
     loss = fake_loss(net, favourite)
     for step in range(6):
-        probe = np.random.default_rng(100 + step)
+        # minmin_step draws the widths first from its rng: the same seed gives the same k.
         k = space.sample(np.random.default_rng(100 + step), 1)[0]
-        cands = step_candidates(space, k, MinMinConfig(offset=1), probe)
+        cands = step_candidates(space, k, MinMinConfig(offset=1), np.random.default_rng(0))
         want = step % len(cands)
         target["key"] = spec_key(space.graph, cands[want])
         rec.calls.clear()
@@ -121,7 +120,6 @@ def test_picks_the_argmin_and_trains_only_it():
         assert [c[1] for c in rec.trained] == [target["key"]]
         assert rec.trained[0][2] == x.shape[0]
     assert net.key == ()  # the previous selection (the full model) is back
-    del rng
 
 
 def test_offset_zero_is_one_forward_and_backward():
@@ -184,11 +182,24 @@ def test_sandwich_trains_largest_smallest_and_sampled():
     assert int(net.model.bn1.num_batches_tracked) == 1
 
 
+def test_low_precision_selection():
+    net, space, opt, x, y = setup()
+    seen = []
+    net.model.fc.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
+    stats = minmin_step(net, space, x, y, F.cross_entropy, opt, MinMinConfig(select_dtype="bfloat16"),
+                        np.random.default_rng(1), progress=0.5)
+    assert stats.n_candidates > 1 and len(stats.candidate_losses) == stats.n_candidates
+    assert {d for g, d in seen if not g} == {torch.bfloat16}
+    assert [d for g, d in seen if g] == [torch.float32]  # training stays in fp32
+
+
 def test_config_validation():
     with pytest.raises(ValueError):
         MinMinConfig(select_batch=0.0)
     with pytest.raises(ValueError):
         MinMinConfig(offset=-1)
+    with pytest.raises(ValueError):
+        MinMinConfig(select_dtype="int8")
 
 
 # ----------------------------------------------------------------------------- DDP (gloo, CPU)
