@@ -249,7 +249,7 @@ def write_report(run_dir: Union[str, Path], result: Mapping[str, Any],
     figs = {"widths": plot_widths(result, plots / "widths.png", title),
             "accuracy": plot_accuracy(result, records, plots / "accuracy_flops.png", title)}
     if space is not None and len(space.groups):
-        from ..cli.inspect_bins import plot_bins
+        from ..bins.plot import plot_bins
 
         figs["bins"] = plot_bins(space, plots / "bins.png", title=f"{result['model']}: bins of "
                                  f"the search space (β={space.beta:g}, offset r={space.offset})")
