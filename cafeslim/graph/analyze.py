@@ -273,20 +273,9 @@ def _to_desc(v, atom_group: Dict[int, int]) -> Optional[TensorDesc]:
     return None
 
 
-class _PassCtx(Ctx):
-    gm: fx.GraphModule = None
-
-    def gm_attr(self, target: str):
-        obj = self.gm
-        for part in target.split("."):
-            obj = getattr(obj, part)
-        return obj
-
-
 def _one_pass(traced: Traced, cuts: Dict[str, Set[int]], autowrap: Set[Any]):
     gm = traced.gm
-    ctx = _PassCtx(State(cuts), dict(traced.root.named_modules()))
-    ctx.gm = gm
+    ctx = Ctx(State(cuts), dict(traced.root.named_modules()), gm=gm)
     records = []
     for node in gm.graph.nodes:
         ctx.kind, ctx.attrs, ctx.module_path = "", {}, _module_path(node)

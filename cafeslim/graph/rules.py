@@ -59,6 +59,14 @@ class Ctx:
     kind: str = ""
     attrs: Dict[str, Any] = field(default_factory=dict)
     module_path: str = ""
+    gm: Optional[fx.GraphModule] = None
+
+    def gm_attr(self, target: str):
+        """The object a ``get_attr`` node names (a parameter, buffer or constant)."""
+        obj = self.gm
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
 
     def value(self, arg):
         if isinstance(arg, fx.Node):
@@ -130,12 +138,6 @@ def _flatten(values):
 def _tensor_args(ctx: Ctx, node: fx.Node) -> List:
     vals = [ctx.value(a) for a in node.args] + [ctx.value(v) for v in node.kwargs.values()]
     return [v for v in _flatten(vals) if isinstance(v, TensorValue)]
-
-
-def _arg(node: fx.Node, i: int, name: str, default=None):
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
 
 
 # ---------------------------------------------------------------------------------------
