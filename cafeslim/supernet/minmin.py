@@ -28,54 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import MinMinConfig
 from ..graph.channel_graph import IndexSpec
 from .supernet import Supernet, spec_key, unwrap
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 _SELECT_DTYPES = {None: None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                   "float16": torch.float16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class MinMinConfig:
-    """Settings of a min-min step.
-
-    Attributes:
-        offset: r of Eq. 5; 0 is the fixed pattern (one candidate, no selection).
-        candidates: extra candidates sampled per step (mixed choices per group) beyond the
-            aligned ones.
-        select_batch: fraction of the batch the candidates are compared on (1.0: all of it).
-        minmin_start: λ — a random candidate instead of the argmin while ``progress < λ``.
-        sandwich: also train the largest and the smallest width every step (gradients are
-            accumulated over the three sub-networks, one optimizer step).
-        select_dtype: ``"bfloat16"``/``"float16"``: run the selection forwards under autocast
-            in that dtype even when training is fp32 (cheaper where the hardware has fast
-            low-precision kernels, e.g. CPUs with AVX512-BF16; near-ties may then be ranked
-            differently). None: the training precision (``autocast_dtype`` of the step).
-
-    Example:
-        >>> cfg = MinMinConfig(offset=1, select_batch=0.25)
-    """
-
-    offset: int = 1
-    candidates: int = 0
-    select_batch: float = 1.0
-    minmin_start: float = 0.0
-    sandwich: bool = False
-    select_dtype: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if self.select_dtype not in _SELECT_DTYPES:
-            raise ValueError(f"select_dtype must be one of {sorted(k for k in _SELECT_DTYPES if k)}, "
-                             f"got {self.select_dtype!r}")
-        if self.offset < 0:
-            raise ValueError(f"offset must be >= 0, got {self.offset}")
-        if self.candidates < 0:
-            raise ValueError(f"candidates must be >= 0, got {self.candidates}")
-        if not 0.0 < self.select_batch <= 1.0:
-            raise ValueError(f"select_batch must be in (0, 1], got {self.select_batch}")
-        if not 0.0 <= self.minmin_start <= 1.0:
-            raise ValueError(f"minmin_start must be in [0, 1], got {self.minmin_start}")
 
 
 @dataclass

@@ -1,10 +1,8 @@
-"""Typed settings for every stage: frozen dataclasses, YAML files and command-line flags.
+"""Settings files: resolving a config dataclass from flags and YAML, and writing it back.
 
-Each stage (training, search, export, ...) describes its settings as a frozen dataclass with
-defaults. A run's settings are resolved once, in a fixed precedence — **flags > YAML >
-defaults** — and written to ``runs/<name>/config.yaml`` so that a run can be repeated or
-resumed with exactly the same values. Nothing here imports torch: the CLI's ``--help`` must
-stay fast.
+A run's settings are resolved once, in a fixed precedence — **flags > YAML > defaults** —
+and written to ``runs/<name>/config.yaml`` so that a run can be repeated or resumed with
+exactly the same values. Nothing here imports torch: the CLI's ``--help`` must stay fast.
 
 Rules of :func:`resolve`:
 
@@ -16,6 +14,7 @@ Rules of :func:`resolve`:
   ``Optional[...]``, ``Literal[...]``); an int is accepted for a float field.
 
 Example:
+    >>> from cafeslim.config import TrainConfig
     >>> cfg = resolve(TrainConfig, {"batch_size": 32}, {"epochs": 3, "batch-size": 16})
     >>> cfg.batch_size, cfg.epochs
     (32, 3)
@@ -29,129 +28,19 @@ import os
 import sys
 import tempfile
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Literal, Mapping, Optional, Type, TypeVar, Union
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 T = TypeVar("T")
-
-AMP_MODES = ("off", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of supernet (min-min) training.
-
-    Attributes:
-        epochs: passes over D_tr (the training set minus D_val).
-        batch_size: images per step and per process (the global batch is this × world size).
-        lr: peak learning rate; ``None`` means ``0.1 × global batch / 256`` (the linear scaling
-            rule of Goyal et al., with ResNet's 0.1 at batch 256).
-        momentum: SGD momentum.
-        weight_decay: L2 penalty on weights; norms and biases are never decayed.
-        label_smoothing: of the cross-entropy loss.
-        warmup_epochs: linear warmup length (may be fractional), then cosine decay to zero;
-            both per step.
-        amp: ``off``, ``bf16`` or ``fp16`` (autocast on CUDA; fp16 adds a GradScaler).
-        channels_last: NHWC memory format for the model and the images.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        workers: data-loading processes (in-memory demo data always uses 0).
-        seed: seeds weights, data order, augmentation, D_val split and width sampling.
-        val_split: fraction of the training images held out as D_val for the search.
-        img_size: square input size overriding the model's own (smaller is faster; FLOPs are
-            then counted at this size too).
-        offset: r of Eq. 5 (0 = fixed pattern, one forward and backward per step).
-        candidates: extra candidates per step, mixing free choices per group at random.
-        select_batch: fraction of the batch on which the candidates are compared.
-        minmin_start: λ: a random candidate instead of the min-loss one for the first λ of
-            the steps (the paper's ablation).
-        sandwich: also train the largest and the smallest width every step (AutoSlim).
-        log_every: steps between ``metrics.jsonl`` lines.
-        ckpt_every: steps between checkpoints (0: at the end of every epoch only).
-        max_steps: stop after this many steps in total (the schedule is compressed to fit);
-            for tests and quick trials.
-    """
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: Optional[float] = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    channels_last: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    workers: int = 4
-    seed: int = 0
-    val_split: float = 0.1
-    img_size: Optional[int] = None
-    offset: int = 1
-    candidates: int = 0
-    select_batch: float = 1.0
-    minmin_start: float = 0.0
-    sandwich: bool = False
-    log_every: int = 20
-    ckpt_every: int = 500
-    max_steps: Optional[int] = None
-
-    def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "epochs must be at least 1")
-        _check(self.batch_size >= 1, "batch_size must be at least 1")
-        _check(self.lr is None or self.lr > 0, "lr must be positive")
-        _check(0 <= self.momentum < 1, "momentum must be in [0, 1)")
-        _check(self.weight_decay >= 0, "weight_decay must be non-negative")
-        _check(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
-        _check(self.warmup_epochs >= 0, "warmup_epochs must be non-negative")
-        _check(self.workers >= 0, "workers must be non-negative")
-        _check(0 <= self.val_split < 1, "val_split must be in [0, 1)")
-        _check(self.img_size is None or self.img_size >= 8, "img_size must be at least 8")
-        _check(self.offset >= 0, "offset must be non-negative")
-        _check(self.candidates >= 0, "candidates must be non-negative")
-        _check(0 < self.select_batch <= 1, "select_batch must be in (0, 1]")
-        _check(0 <= self.minmin_start <= 1, "minmin_start must be in [0, 1]")
-        _check(self.log_every >= 1, "log_every must be at least 1")
-        _check(self.ckpt_every >= 0, "ckpt_every must be non-negative")
-        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1")
-
-    def peak_lr(self, world_size: int = 1) -> float:
-        """The learning rate after warmup for a given number of processes.
-
-        Example:
-            >>> TrainConfig(batch_size=64).peak_lr(world_size=4)
-            0.1
-        """
-        if self.lr is not None:
-            return float(self.lr)
-        return 0.1 * self.batch_size * world_size / 256
-
-    def minmin(self) -> Any:
-        """The :class:`~cafeslim.supernet.minmin.MinMinConfig` of these settings.
-
-        Example:
-            >>> TrainConfig(offset=0).minmin().offset
-            0
-        """
-        from .supernet.minmin import MinMinConfig  # torch import only when training
-
-        return MinMinConfig(offset=self.offset, candidates=self.candidates,
-                            select_batch=self.select_batch, minmin_start=self.minmin_start,
-                            sandwich=self.sandwich)
-
 
 # Settings that may change when a run is resumed without breaking exactness: where it runs
 # and how often it reports, not what it computes.
 RESUMABLE_CHANGES = frozenset({"workers", "log_every", "ckpt_every", "device"})
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
 
 
 def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
@@ -215,6 +104,7 @@ def resolve(cls: Type[T], flags: Optional[Mapping[str, Any]] = None,
             value the dataclass rejects.
 
     Example:
+        >>> from cafeslim.config import TrainConfig
         >>> resolve(TrainConfig, {"lr": None, "seed": 3}, {"seed": 1, "amp": "bf16"}).seed
         3
     """
@@ -282,6 +172,7 @@ def to_dict(config: Any) -> Dict[str, Any]:
     """Plain-python dict of a config dataclass (tuples become lists, as in YAML).
 
     Example:
+        >>> from cafeslim.config import TrainConfig
         >>> to_dict(TrainConfig())["momentum"]
         0.9
     """
@@ -289,7 +180,7 @@ def to_dict(config: Any) -> Dict[str, Any]:
         return {k: _plain(v) for k, v in dataclasses.asdict(config).items()}
     if isinstance(config, Mapping):
         return {str(k): _plain(v) for k, v in config.items()}
-    raise TypeError(f"not a config: {type(config).__name__}")
+    raise ConfigError(f"not a config: {type(config).__name__}")
 
 
 def _plain(value: Any) -> Any:

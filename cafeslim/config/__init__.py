@@ -1,0 +1,27 @@
+"""Typed settings for every stage: frozen dataclasses, YAML files and command-line flags.
+
+* :mod:`.stages` — :class:`MinMinConfig`, :class:`TrainConfig`, :class:`SearchConfig`,
+  :class:`BinsConfig`, :class:`ExportConfig`; their ``Literal`` fields are the CLI's choices.
+* :mod:`.run` — :class:`RunSettings` (a run's ``config.yaml``), the demo preset, the method
+  rules and :func:`resolve_settings` (flags > YAML > demo preset > defaults).
+* :mod:`.files` — resolving a dataclass from flags and YAML, atomic writes.
+
+Nothing here imports torch: the CLI's ``--help`` must stay fast.
+
+Example:
+    >>> resolve(TrainConfig, {"batch_size": 32}, {"epochs": 3}).epochs
+    3
+"""
+
+from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml, load_yaml,
+                    resolve, section, to_dict)
+from .run import (CONFIG_FILE, DEMO, DEMO_IMG_SIZE, DEMO_PRESET, RUN_FORMAT, RunSettings,
+                  load_settings, method_offset, resolve_settings)
+from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainConfig, choices
+
+__all__ = [
+    "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "ExportConfig",
+    "MinMinConfig", "RESUMABLE_CHANGES", "RUN_FORMAT", "RunSettings", "SearchConfig",
+    "TrainConfig", "atomic_write", "changed_settings", "choices", "dump_yaml", "load_settings",
+    "load_yaml", "method_offset", "resolve", "resolve_settings", "section", "to_dict",
+]

@@ -1,0 +1,161 @@
+"""A run's settings (what ``config.yaml`` holds), the demo preset and the method rules.
+
+:func:`resolve_settings` is the one place a run's settings are put together, with the
+precedence **flags > --config YAML > demo preset > defaults**. The method rules live here and
+nowhere else: ``fixed`` means offset 0 (an explicit ``--offset`` > 0 is a contradiction; a
+YAML or default offset is overridden), ``uniform`` trains no supernet (so it takes no stages,
+see :class:`~cafeslim.config.SearchConfig`).
+
+Example:
+    >>> resolve_settings("timm:test_resnet", None, None, {"search": {"flops": "50%"}}).train.epochs
+    6
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+from ..errors import CheckpointError, ConfigError
+from .files import load_yaml, resolve, section, to_dict
+from .stages import BinsConfig, SearchConfig, TrainConfig
+
+RUN_FORMAT = "cafeslim.run/1"
+DEMO = "demo"
+CONFIG_FILE = "config.yaml"
+DEMO_PRESET: Dict[str, Dict[str, Any]] = {  # measured: 98% D_val top-1 at 50% FLOPs
+    "train": {"epochs": 6, "lr": 0.2, "warmup_epochs": 0.5, "log_every": 5},
+    "search": {"population": 12, "iterations": 6, "parents": 4, "samples": 72,
+               "recal_batches": 2},
+}
+"""The small settings of ``--data demo``: the README command takes minutes on two CPU cores
+(real data get the paper's defaults). Its search part is also the Python API's default."""
+DEMO_IMG_SIZE = 64  # the digits are 8×8: a larger input only costs time
+_TOP = {"format", "model", "data", "pretrained", "weights", "train", "search", "bins"}
+
+
+def method_offset(method: str, offset: Optional[int]) -> Optional[int]:
+    """The offset a method implies: ``fixed`` is r = 0, the others keep ``offset``.
+
+    Raises:
+        ConfigError: ``fixed`` with an explicit offset other than 0.
+
+    Example:
+        >>> method_offset("fixed", None), method_offset("cafenet", 2)
+        (0, 2)
+    """
+    if method != "fixed":
+        return offset
+    if offset not in (None, 0):
+        raise ConfigError(f"--method fixed is r = 0; it takes no --offset {offset}")
+    return 0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run depends on: what ``config.yaml`` holds.
+
+    A ``fixed`` run's offset is always 0 (:func:`method_offset`), whatever ``train`` says.
+
+    Example:
+        >>> RunSettings("timm:test_resnet", search=SearchConfig(flops="50%")).search.budgets
+        ['50%']
+    """
+
+    model: str
+    data: str = DEMO
+    pretrained: bool = False
+    weights: Optional[str] = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    bins: BinsConfig = field(default_factory=BinsConfig)
+
+    def __post_init__(self) -> None:
+        offset = method_offset(self.search.method, None)
+        if offset is not None and self.train.offset != offset:
+            object.__setattr__(self, "train", replace(self.train, offset=offset))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The ``config.yaml`` document."""
+        return {"format": RUN_FORMAT, "model": self.model, "data": self.data,
+                "pretrained": self.pretrained, "weights": self.weights,
+                "train": to_dict(self.train), "search": to_dict(self.search),
+                "bins": to_dict(self.bins)}
+
+    @classmethod
+    def from_dict(cls, y: Mapping[str, Any]) -> "RunSettings":
+        """Inverse of :meth:`to_dict`; missing keys take their defaults (ConfigError if bad)."""
+        if not y.get("model"):
+            raise ConfigError("the settings name no model")
+        return cls(model=str(y["model"]), data=str(y.get("data") or DEMO),
+                   pretrained=bool(y.get("pretrained", False)), weights=y.get("weights"),
+                   train=resolve(TrainConfig, None, section(y, "train")),
+                   search=resolve(SearchConfig, None, section(y, "search")),
+                   bins=resolve(BinsConfig, None, section(y, "bins")))
+
+
+def load_settings(run_dir: Union[str, Path]) -> RunSettings:
+    """The settings a run was made with (its ``config.yaml``); CheckpointError if none.
+
+    Example:
+        >>> load_settings("runs/test_resnet-50pct").search.flops    # doctest: +SKIP
+        '50%'
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir} is not a cafeslim run folder (no {CONFIG_FILE})")
+    y = load_yaml(run_dir / CONFIG_FILE)
+    if y.get("format") != RUN_FORMAT:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE} is not a cafeslim search config")
+    return RunSettings.from_dict(y)
+
+
+def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
+                     flags: Mapping[str, Mapping[str, Any]], pretrained: Optional[bool] = None,
+                     weights: Optional[Union[str, Path]] = None,
+                     preset: bool = True) -> RunSettings:
+    """Settings from flags > YAML (a path or a loaded mapping) > demo preset > defaults.
+
+    Args:
+        model: the model name (None: the YAML's ``model:``).
+        config: a YAML path, an already loaded mapping (a run's ``config.yaml``), or None.
+        data: ``demo`` or a folder (None: the YAML's, else ``demo``).
+        flags: ``{"train": {...}, "search": {...}, "bins": {...}}``; None values are not given.
+        pretrained, weights: the model's initial weights (flags win over the YAML).
+        preset: apply :data:`DEMO_PRESET` for demo data (False when resuming a saved run).
+
+    Raises:
+        ConfigError: unknown sections or keys, invalid values, or a contradiction
+            (``--method fixed`` with ``--offset`` > 0).
+
+    Example:
+        >>> resolve_settings("m", None, None, {"search": {"method": "fixed"}}).train.offset
+        0
+    """
+    y = dict(config) if isinstance(config, Mapping) else (load_yaml(config) if config else {})
+    unknown = sorted(set(y) - _TOP)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid: "
+                          f"{', '.join(sorted(_TOP - {'format'}))}")
+    data = str(data or y.get("data") or DEMO)
+    pre = DEMO_PRESET if preset and data == DEMO else {}
+    layer = {name: {**pre.get(name, {}), **section(y, name)} for name in ("train", "search", "bins")}
+    search = resolve(SearchConfig, flags.get("search"), layer["search"])
+    train_flags: Dict[str, Any] = dict(flags.get("train") or {})
+    train_flags["offset"] = method_offset(search.method, train_flags.get("offset"))
+    name = model or y.get("model")
+    if not name:
+        raise ConfigError("no model: pass MODEL or set model: in the config file")
+    return RunSettings(
+        model=str(name), data=data, search=search,
+        pretrained=bool(pretrained if pretrained else y.get("pretrained", False)),
+        weights=str(weights) if weights is not None else y.get("weights"),
+        train=resolve(TrainConfig, train_flags, layer["train"]),
+        bins=resolve(BinsConfig, flags.get("bins"), layer["bins"]))
+
+
+__all__ = ["CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "RUN_FORMAT", "RunSettings",
+           "load_settings", "method_offset", "resolve_settings"]
