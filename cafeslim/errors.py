@@ -47,3 +47,7 @@ class OutputExistsError(CafeslimError):
 
 class ConfigError(CafeslimError):
     """A config file or flag value is invalid."""
+
+
+class ExportError(CafeslimError):
+    """An exporter failed on the model, or its file does not reproduce the model's output."""

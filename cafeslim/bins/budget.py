@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import BudgetError
 from ..flops import FlopsModel
+from ..units import human as human_flops  # noqa: F401 - part of this module's API
 from .space import SearchSpace
 
 DEFAULT_LOW = 0.97
@@ -26,19 +27,6 @@ DEFAULT_LOW = 0.97
 _BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmgt%x×]?)\s*(?:flops)?\s*$",
                      re.IGNORECASE)
 _SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-
-
-def human_flops(n: float) -> str:
-    """``4.11G``, ``300.00M``, ``512`` (one multiply-add = one FLOP).
-
-    Example:
-        >>> human_flops(2.05e9)
-        '2.05G'
-    """
-    for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}"
-    return f"{n:.0f}"
 
 
 def parse_budget(text: Union[str, float, int], full_flops: float, min_flops: float = 0.0) -> float:

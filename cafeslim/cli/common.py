@@ -1,4 +1,4 @@
-"""Pieces shared by the sub-commands: model options, output folders, number formatting.
+"""Pieces shared by the sub-commands: model options, choices, JSON and number output.
 
 Nothing here imports torch at module level: ``cafeslim --help`` must stay fast.
 """
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from ..errors import OutputExistsError
+from ..pipeline.rundir import ensure_empty_dir  # noqa: F401 - the commands' folder check
+from ..units import human
 
 if TYPE_CHECKING:
     from ..models import ModelInfo
@@ -33,6 +34,24 @@ NumClassesOpt = Annotated[Optional[int], typer.Option(
     help="Classifier size, e.g. to match a fine-tuned --weights file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
 
+def choice_enum(config: type, name: str) -> Any:
+    """A ``str`` Enum of a settings field's ``Literal`` values, for a typer option.
+
+    The allowed values are written once, in the config dataclass (:mod:`cafeslim.config`).
+
+    Example:
+        >>> from cafeslim.config import SearchConfig
+        >>> [m.value for m in choice_enum(SearchConfig, "method")]
+        ['cafenet', 'fixed', 'uniform']
+    """
+    from enum import Enum
+
+    from ..config import choices
+
+    values = choices(config, name)
+    return Enum(f"{config.__name__}_{name}", {v: v for v in values}, type=str)
+
+
 out = Console(highlight=False)
 """Human-readable results go to stdout; errors go to stderr in :func:`cafeslim.cli.app.main`."""
 
@@ -49,45 +68,10 @@ def load_model(name: str, weights: Optional[Path], pretrained: bool,
     return create(name, pretrained=pretrained, weights=weights, num_classes=num_classes)
 
 
-def ensure_empty_dir(path: Path, force: bool) -> Path:
-    """Check that ``path`` can receive an export; nothing is created or deleted.
-
-    With ``force`` an existing folder is written into and same-named files are overwritten;
-    other files in it are left alone (deleting a folder the user mistyped is worse than
-    leaving stale files).
-
-    Raises:
-        OutputExistsError: ``path`` is a file, or a non-empty folder and ``force`` is False.
-
-    Example:
-        >>> ensure_empty_dir(Path("exports/r18"), force=False)
-        PosixPath('exports/r18')
-    """
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"output path {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputExistsError(f"output folder {path} exists and is not empty; pass --force to "
-                                "write into it anyway")
-    return path
-
-
 def print_json(data: Any) -> None:
     """Write ``data`` as indented JSON on stdout, without rich's highlighting or wrapping."""
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
     sys.stdout.flush()
-
-
-def human(n: float) -> str:
-    """Short count with a metric suffix: ``4.11G``, ``25.56M``, ``512``.
-
-    Example:
-        >>> human(4_111_514_624)
-        '4.11G'
-    """
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}"
-    return f"{n:.0f}"
 
 
 def before_after(label: str, before: float, after: float) -> str:

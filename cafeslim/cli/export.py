@@ -4,22 +4,20 @@ widths.json, written as ``.pt``, ``.pt2``, ``.onnx`` and ``widths.json``."""
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, List, Optional
 
 import typer
 from rich.text import Text
 
-from ..errors import ConfigError
-from .common import (NumClassesOpt, PretrainedOpt, WeightsOpt, before_after, ensure_empty_dir,
-                     load_model, out)
+from ..config import ExportConfig
+from ..errors import ConfigError, ExportError
+from ..export.formats import FORMATS
+from ..pipeline.rundir import ensure_empty_dir, is_run_dir
+from .common import NumClassesOpt, PretrainedOpt, WeightsOpt, before_after, choice_enum, load_model, out
 
 if TYPE_CHECKING:
-    from ..export import UniformExportReport
-    from ..export.run_export import RunExportReport
-
-FORMATS = ("pt", "pt2", "onnx")
+    from ..pipeline import RunExportReport, UniformExportReport
 
 RunOrModelArg = Annotated[str, typer.Argument(
     metavar="RUN|MODEL", show_default=False,
@@ -27,11 +25,7 @@ RunOrModelArg = Annotated[str, typer.Argument(
          "(timm name, tv:NAME, timm:NAME, package.module:callable).")]
 
 
-class Order(str, Enum):
-    """Which channels a uniform width keeps: the first ones, or the largest L1 norms."""
-
-    natural = "natural"
-    l1 = "l1"
+Order = choice_enum(ExportConfig, "order")  # the first channels, or the largest L1 norms
 
 
 UniformOpt = Annotated[Optional[float], typer.Option(
@@ -56,11 +50,7 @@ BudgetOpt = Annotated[Optional[str], typer.Option(
     help="RUN only: which of the run's budgets (as given to --flops), if it searched several.")]
 
 
-class Init(str, Enum):
-    """RUN only: supernet weights with recalibrated BN, or fresh weights for retraining."""
-
-    inherit = "inherit"
-    scratch = "scratch"
+Init = choice_enum(ExportConfig, "init")  # supernet weights (BN recalibrated), or fresh ones
 
 
 InitOpt = Annotated[Init, typer.Option(
@@ -102,14 +92,12 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
         cafeslim export tv:resnet18 --widths exports/r18/widths.json --out exports/r18-again
     """
     fmt = parse_formats(formats)
-    from ..export.run_export import is_run_dir
-
     if is_run_dir(model):
         if uniform is not None or flops is not None or widths is not None or weights is not None \
                 or pretrained or num_classes is not None:
             raise ConfigError("a run folder is exported as searched: --uniform, --flops, "
                               "--widths, --weights, --pretrained and --num-classes go with MODEL")
-        from ..export.run_export import export_run
+        from ..pipeline.run_export import export_run
 
         render_run_export(export_run(model, budget, init=init.value, formats=fmt, out_dir=out_dir,
                                      force=force))
@@ -125,7 +113,7 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
     # Before the (slow) model creation, so a mistyped --out fails at once.
     ensure_empty_dir(out_dir, force)
     info = load_model(model, weights, pretrained, num_classes)
-    from ..export import ExportError, uniform_export
+    from ..pipeline.uniform_export import uniform_export
 
     report = uniform_export(info, fraction=uniform, flops=flops, order=order.value, formats=fmt,
                             out_dir=out_dir, widths_file=widths, force=force)
@@ -168,8 +156,6 @@ def render_run_export(rep: "RunExportReport") -> None:
     """
     from rich import box
     from rich.table import Table
-
-    from ..export.formats import ExportError
 
     out.print(Text(f"exported {rep.run_dir} budget {rep.budget} (init {rep.init})", style="bold"))
     out.print(before_after("FLOPs", rep.flops_before, rep.flops_after))

@@ -33,10 +33,10 @@ def inspect_command(model: ModelArg, json_out: JsonOpt = False, weights: Weights
     """
     info = load_model(model, weights, pretrained, num_classes)
     from ..flops import count_flops, count_params
-    from ..graph import analyze
+    from ..pipeline import analyze_info
 
-    example = info.example_input()
-    graph = analyze(info.model, example, source=info.name)
+    a = analyze_info(info, flops=False)
+    example, graph = a.example, a.graph
     flops, params = count_flops(info.model, example), count_params(info.model)
     if json_out:
         print_json(inspect_json(info.name, graph, flops, params))

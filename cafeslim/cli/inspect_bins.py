@@ -13,9 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ..bins.plot import plot_bins, space_label
+from ..config import BinsConfig
 from ..errors import ConfigError
-from .common import (JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, WeightsOpt, human,
-                     load_model, out, print_json)
+from .common import (JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, WeightsOpt, choice_enum,
+                     human, load_model, out, print_json)
 
 if TYPE_CHECKING:
     from ..bins import SearchSpace
@@ -31,11 +32,7 @@ class BinMode(str, Enum):
     uniform = "uniform"
 
 
-class OrderChoice(str, Enum):
-    """Channel order before binning."""
-
-    natural = "natural"
-    l1 = "l1"
+OrderChoice = choice_enum(BinsConfig, "order")  # natural order, or largest L1 norm first
 
 
 BetaOpt = Annotated[float, typer.Option("--beta",
@@ -90,12 +87,10 @@ def inspect_bins_command(model: ModelArg, beta: BetaOpt = 1.0, divisor: DivisorO
             raise ConfigError(f"{flag} must be positive, got {value}")
     info = load_model(model, weights, pretrained, num_classes)
     from ..bins import channel_order, make_bins
-    from ..flops import FlopsModel
-    from ..graph import analyze
+    from ..pipeline import analyze_info
 
-    x = info.example_input()
-    graph = analyze(info.model, x, source=info.name)
-    fm = FlopsModel(graph, info.model, x)
+    a = analyze_info(info)
+    graph, fm = a.graph, a.fm
     orders = channel_order(graph, info.model, order.value)
     common = dict(divisor=divisor, min_width=min_width, order=orders, offset=offset)
     flops_space = make_bins(graph, fm, beta=beta, **common)

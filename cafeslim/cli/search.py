@@ -1,51 +1,31 @@
 """``cafeslim search``: train a locally free supernet and search the widths for FLOPs budgets.
 
-Settings are resolved here, once, with the precedence **flags > --config YAML > demo preset >
-defaults**, into the frozen dataclasses of :mod:`cafeslim.config` and
-:mod:`cafeslim.search.run`; then the command makes exactly one library call,
-:func:`cafeslim.search.run.run_search`. Nothing heavy is imported at module level (``--help``
-stays fast).
+The flags are collected here and resolved by :func:`cafeslim.config.resolve_settings`
+(**flags > --config YAML > demo preset > defaults**); then the command makes exactly one
+library call, :func:`cafeslim.pipeline.run_search`. The choices of ``--method``,
+``--searcher`` and ``--device`` are the config dataclasses' ``Literal`` values.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Dict, Mapping, Optional
+from typing import Annotated, Any, Mapping, Optional
 
 import typer
 from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from ..config import SearchConfig, TrainConfig, load_settings, resolve_settings
 from ..errors import ConfigError
-from .common import ModelArg, PretrainedOpt, WeightsOpt, human, out
-
-if TYPE_CHECKING:
-    from ..search.run import RunSettings
+from ..pipeline.rundir import default_run_dir
+from .common import ModelArg, PretrainedOpt, WeightsOpt, choice_enum, human, out
 
 
-class Method(str, Enum):
-    """cafenet: locally free (Eq. 5); fixed: r = 0; uniform: no supernet, one multiplier."""
-
-    cafenet = "cafenet"
-    fixed = "fixed"
-    uniform = "uniform"
-
-
-class SearcherChoice(str, Enum):
-    """Evolutionary (CafeNet-E) or random (CafeNet-R) search."""
-
-    evolution = "evolution"
-    random = "random"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+Method = choice_enum(SearchConfig, "method")  # cafenet: locally free; fixed: r = 0; uniform
+SearcherChoice = choice_enum(SearchConfig, "searcher")  # evolution (CafeNet-E), random (-R)
+Device = choice_enum(TrainConfig, "device")
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:  # noqa: A002 - typer's keyword
@@ -145,7 +125,7 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    "alpha": alpha, "eval_batches": eval_batches, "recal_batches": recal_batches},
         "bins": {"beta": beta, "divisor": divisor},
     }
-    from ..search.run import load_settings, run_search
+    from ..pipeline import run_search
 
     if resume:
         if config is not None:
@@ -186,64 +166,6 @@ def set_threads(threads: Optional[int]) -> int:
         threads = max(1, min(torch.get_num_threads(), int(idle + 0.5)))
     torch.set_num_threads(threads)
     return threads
-
-
-_TOP = {"format", "model", "data", "pretrained", "weights", "train", "search", "bins"}
-
-
-def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
-                     flags: Mapping[str, Mapping[str, Any]], pretrained: Optional[bool] = None,
-                     weights: Optional[Path] = None, preset: bool = True) -> "RunSettings":
-    """Settings from flags > YAML (a path or a loaded mapping) > demo preset > defaults.
-
-    Raises:
-        ConfigError: unknown sections or keys, invalid values, or a contradiction
-            (``--method fixed`` with ``--offset`` > 0).
-
-    Example:
-        >>> resolve_settings("timm:test_resnet", None, None, {"search": {"flops": "50%"}}).train.epochs
-        6
-    """
-    from ..config import TrainConfig, load_yaml, resolve, section
-    from ..search.run import DEMO, DEMO_PRESET, BinsConfig, RunSettings, SearchConfig
-
-    y = dict(config) if isinstance(config, Mapping) else (load_yaml(config) if config else {})
-    unknown = sorted(set(y) - _TOP)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid: "
-                          f"{', '.join(sorted(_TOP - {'format'}))}")
-    data = str(data or y.get("data") or DEMO)
-    pre = DEMO_PRESET if preset and data == DEMO else {}
-    layer = {name: {**pre.get(name, {}), **section(y, name)} for name in ("train", "search", "bins")}
-    search = resolve(SearchConfig, flags.get("search"), layer["search"])
-    train_flags: Dict[str, Any] = dict(flags.get("train") or {})
-    if search.method == "fixed":
-        if train_flags.get("offset") not in (None, 0):
-            raise ConfigError(f"--method fixed is r = 0; it takes no --offset {train_flags['offset']}")
-        train_flags["offset"] = 0
-    name = model or y.get("model")
-    if not name:
-        raise ConfigError("no model: pass MODEL or set model: in the config file")
-    return RunSettings(
-        model=str(name), data=data, search=search,
-        pretrained=bool(pretrained if pretrained else y.get("pretrained", False)),
-        weights=str(weights) if weights is not None else y.get("weights"),
-        train=resolve(TrainConfig, train_flags, layer["train"]),
-        bins=resolve(BinsConfig, flags.get("bins"), layer["bins"]))
-
-
-def default_run_dir(settings: "RunSettings") -> Path:
-    """``runs/<model>-<budgets>[-<method>]``, e.g. ``runs/test_resnet-50pct``.
-
-    Example:
-        >>> from cafeslim.search.run import RunSettings, SearchConfig
-        >>> default_run_dir(RunSettings("tv:resnet18", search=SearchConfig(flops="1G,50%")))
-        PosixPath('runs/resnet18-1G_50pct')
-    """
-    name = settings.model.split(":")[-1].split("/")[-1]
-    budgets = "_".join(b.replace("%", "pct") for b in settings.search.budgets) or "nobudget"
-    tail = "" if settings.search.method == "cafenet" else f"-{settings.search.method}"
-    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-{budgets}{tail}")
 
 
 def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:

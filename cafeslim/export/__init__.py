@@ -18,7 +18,6 @@ from .formats import (
     widths_info,
     write_widths_json,
 )
-from .pipeline import UniformExportReport, uniform_export
 from .slim import gather_indices, module_attributes, patched_attributes, slim, sliced_state
 
 __all__ = [
@@ -35,8 +34,6 @@ __all__ = [
     "save_pt2",
     "slim",
     "sliced_state",
-    "uniform_export",
-    "UniformExportReport",
     "widths_info",
     "write_widths_json",
 ]

@@ -86,9 +86,9 @@ class EvalReport:
 
 def _locate(target: str) -> Tuple[Optional[Path], Dict[str, Any]]:
     """(export folder or None for a model name, widths.json content or {})."""
-    from ..search.report import read_result
+    from ..pipeline.report import read_result
     from .formats import read_widths_json
-    from .run_export import is_run_dir
+    from ..pipeline.run_export import is_run_dir
 
     path = Path(target)
     if path.is_file() and path.suffix in (".pt", ".pt2", ".onnx"):
@@ -217,7 +217,7 @@ def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[i
     from ..data import build_data
     from ..flops import count_flops, count_params
     from ..models import create
-    from ..supernet.train import at_size
+    from ..pipeline.objects import at_size
     from .formats import save_onnx
 
     folder, meta = _locate(target)

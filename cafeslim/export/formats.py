@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from ..errors import CafeslimError, ConfigError, SpecError
+from ..errors import ConfigError, ExportError, SpecError
 from ..graph.channel_graph import ChannelGraph, spec_from_json, spec_to_json
 
 PathLike = Union[str, os.PathLike]
@@ -31,12 +31,6 @@ FORMATS = ("pt", "pt2", "onnx")
 WIDTHS_FORMAT = "cafeslim.widths/1"
 DEFAULT_RTOL = 1e-4
 
-
-class ExportError(CafeslimError):
-    """An exporter failed on the model, or its file does not reproduce the model's output."""
-
-
-# --------------------------------------------------------------------------- parity
 
 def _leaves(out: Any) -> List[torch.Tensor]:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]

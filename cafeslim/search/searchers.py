@@ -123,6 +123,16 @@ class Searcher:
         """What a state must match to be resumed by this searcher."""
         return {"budget": self.budget, "low": self.low}
 
+    @classmethod
+    def options(cls, cfg: Any) -> Dict[str, Any]:
+        """This searcher's keyword arguments from a :class:`~cafeslim.config.SearchConfig`."""
+        return {}
+
+    @classmethod
+    def generations(cls, cfg: Any) -> int:
+        """Generations a search with ``cfg`` runs (for progress bars)."""
+        raise NotImplementedError
+
     def step(self) -> bool:
         """Score one generation; False once the search is finished."""
         raise NotImplementedError
@@ -254,6 +264,15 @@ class EvolutionSearcher(Searcher):
     def total(self) -> int:
         return self.population_size * self.iterations
 
+    @classmethod
+    def options(cls, cfg: Any) -> Dict[str, Any]:
+        return {"population": cfg.population, "iterations": cfg.iterations,
+                "parents": min(cfg.parents, cfg.population)}
+
+    @classmethod
+    def generations(cls, cfg: Any) -> int:
+        return int(cfg.iterations)
+
     def settings(self) -> Dict[str, Any]:
         return {**super().settings(), "population": self.population_size,
                 "iterations": self.iterations, "parents": self.parents,
@@ -315,9 +334,10 @@ class RandomSearcher(Searcher):
     """
 
     kind = "random"
+    CHUNK = 40  # vectors scored per generation
 
     def __init__(self, fitness: CachedFitness, space: Any, fm: Any, budget: float, *,
-                 n: int = 2000, chunk: int = 40, **kwargs: Any) -> None:
+                 n: int = 2000, chunk: int = CHUNK, **kwargs: Any) -> None:
         if n < 1 or chunk < 1:
             raise ConfigError("random search needs n >= 1 and chunk >= 1")
         self.n, self.chunk = int(n), int(chunk)
@@ -328,6 +348,14 @@ class RandomSearcher(Searcher):
     @property
     def total(self) -> int:
         return self.n
+
+    @classmethod
+    def options(cls, cfg: Any) -> Dict[str, Any]:
+        return {"n": cfg.samples}
+
+    @classmethod
+    def generations(cls, cfg: Any) -> int:
+        return -(-int(cfg.samples) // cls.CHUNK)
 
     def settings(self) -> Dict[str, Any]:
         return {**super().settings(), "n": self.n, "chunk": self.chunk}

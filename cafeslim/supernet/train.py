@@ -4,11 +4,11 @@
 :class:`~cafeslim.data.Data`: SGD with momentum, per-step cosine learning rate after a linear
 warmup, weight decay on weights only (never on norms and biases, whose decay only shrinks the
 scale they exist to learn), label-smoothed cross-entropy, optional AMP and channels-last.
-:func:`run_training` does the whole stage from a model name — the function the CLI calls.
+The run folder around it (model, bins, ``config.yaml``) is :mod:`cafeslim.pipeline`'s.
 
 Run directory (DESIGN.md, "Run directory"): ``last.pt`` (written atomically every
 ``ckpt_every`` steps, at the end of every epoch, at the end of training and on Ctrl-C),
-``metrics.jsonl`` (one JSON line per ``log_every`` steps), ``config.yaml``.
+``metrics.jsonl`` (one JSON line per ``log_every`` steps).
 
 **Exact resume.** A resumed run produces bit-identical weights to an uninterrupted one (on CPU;
 tested with SIGKILL at a random step): the checkpoint restores model, optimizer, scheduler,
@@ -24,15 +24,15 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..config import TrainConfig, changed_settings, dump_yaml, to_dict
+from ..config import TrainConfig, changed_settings, to_dict
 from ..errors import CheckpointError, ConfigError, OutputExistsError
 from . import distributed
 from .checkpoint import capture_rng, fingerprint, load_checkpoint, restore_rng, save_checkpoint
@@ -392,76 +392,6 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
                        bad_images=data.bad_images)
 
 
-def run_training(model_name: str, data: str = "demo", cfg: Optional[TrainConfig] = None,
-                 run_dir: Union[str, Path] = "runs/supernet", resume: bool = False, *,
-                 bins: Optional[Mapping[str, Any]] = None, pretrained: bool = False,
-                 weights: Optional[Union[str, Path]] = None, progress: bool = True,
-                 extra_config: Optional[Mapping[str, Any]] = None,
-                 callback: Optional[Callable[[int, StepStats], None]] = None) -> TrainResult:
-    """The whole training stage from a model name: what ``cafeslim search`` calls.
-
-    Creates the model (classifier sized to the data), analyses its graph, makes the bins,
-    wraps it in a :class:`~cafeslim.supernet.Supernet`, builds the data and trains, under
-    torchrun as well as in one process. Writes ``config.yaml`` (model, data, bins, train and
-    ``extra_config`` sections) on a fresh run.
-
-    Args:
-        model_name: as for :func:`cafeslim.models.create`.
-        data: ``demo`` or an ImageNet-layout folder.
-        cfg: training settings (defaults when None).
-        run_dir: the run folder.
-        resume: continue the run in ``run_dir``.
-        bins: keyword arguments of :func:`cafeslim.bins.make.make_bins` (``beta``,
-            ``divisor``, ``min_width``, ...); ``offset`` comes from ``cfg``.
-        pretrained, weights: initial weights, as for :func:`cafeslim.models.create`.
-        progress: draw a progress bar.
-        extra_config: more sections for ``config.yaml`` (e.g. the search settings).
-        callback: see :func:`train_supernet`.
-
-    Raises:
-        DataError, CheckpointError, OutputExistsError, ConfigError, ModelNotFoundError: one
-            line each, before anything in ``run_dir`` is overwritten.
-
-    Example:
-        >>> run_training("timm:test_resnet", "demo", TrainConfig(epochs=1, img_size=64),
-        ...              "runs/demo")                                # doctest: +SKIP
-    """
-    from ..bins.make import make_bins
-    from ..data import build_data, dataset_classes
-    from ..flops import FlopsModel
-    from ..graph import analyze
-    from ..models import create
-    from .supernet import Supernet
-
-    cfg = cfg or TrainConfig()
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT
-    # Cheap checks first: a typo in --resume must not cost a model build.
-    if resume and not ckpt_path.exists():
-        raise CheckpointError(f"no checkpoint to resume in {run_dir} ({ckpt_path} does not exist)")
-    if not resume and ckpt_path.exists():
-        raise OutputExistsError(f"run folder {run_dir} already holds a checkpoint; pass --resume "
-                                "to continue it or choose another run name")
-    bins = dict(bins or {})
-    bins.pop("offset", None)
-    with distributed.session(cfg.device) as info:
-        seed_everything(cfg.seed)
-        classes = dataset_classes(data)
-        model_info = create(model_name, pretrained=pretrained, weights=weights,
-                            num_classes=len(classes))
-        if cfg.img_size is not None:
-            model_info = at_size(model_info, cfg.img_size)
-        graph = analyze(model_info.model, model_info.example_input())
-        space = make_bins(graph, FlopsModel(graph), offset=cfg.offset, **bins)
-        supernet = Supernet(model_info.model, graph, space)
-        loaders = build_data(data, model_info, cfg)
-        if info.main and not resume:
-            sections = {"model": model_info.name, "data": str(data), "bins": bins, "train": cfg}
-            dump_yaml({**sections, **dict(extra_config or {})}, run_dir / "config.yaml")
-        return train_supernet(supernet, space, loaders, cfg, run_dir, resume, progress,
-                              model_name=model_info.name, callback=callback)
-
-
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) global RNGs — the same on every rank."""
     import random
@@ -469,15 +399,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def at_size(info: Any, size: int) -> Any:
-    """A :class:`~cafeslim.models.ModelInfo` whose input (and data config) is ``size`` px square.
-
-    Example:
-        >>> at_size(create("timm:test_resnet"), 64).input_size     # doctest: +SKIP
-        (3, 64, 64)
-    """
-    c = info.input_size[0]
-    shape = (c, int(size), int(size))
-    return replace(info, input_size=shape, data_config={**info.data_config, "input_size": shape})

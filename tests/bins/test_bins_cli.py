@@ -11,7 +11,7 @@ import torch
 
 from cafeslim.cli.app import main
 from cafeslim.export import read_widths_json
-from cafeslim.export.pipeline import uniform_export
+from cafeslim.pipeline import uniform_export
 from cafeslim.flops import count_flops
 from cafeslim.models import create
 

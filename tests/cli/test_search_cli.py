@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from cafeslim.cli.app import main
-from cafeslim.cli.search import default_run_dir, resolve_settings
+from cafeslim.config import resolve_settings
+from cafeslim.pipeline.rundir import default_run_dir
 from cafeslim.errors import ConfigError
-from cafeslim.search.run import DEMO_PRESET, RunSettings, SearchConfig
+from cafeslim.config import DEMO_PRESET, RunSettings, SearchConfig
 
 MODEL = "timm:test_resnet"
 

@@ -14,7 +14,7 @@ from cafeslim.graph import analyze
 from cafeslim.models import create
 from cafeslim.search import Fitness, evolution_search
 from cafeslim.supernet import Supernet
-from cafeslim.supernet.train import at_size
+from cafeslim.pipeline.objects import at_size
 
 
 @pytest.mark.slow

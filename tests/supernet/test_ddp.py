@@ -29,7 +29,8 @@ from cafeslim.flops import FlopsModel
 from cafeslim.graph import analyze
 from cafeslim.models import create
 from cafeslim.supernet import Supernet, distributed
-from cafeslim.supernet.train import at_size, seed_everything, train_supernet
+from cafeslim.pipeline.objects import at_size
+from cafeslim.supernet.train import seed_everything, train_supernet
 
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = TrainConfig(batch_size=8, img_size=32, val_split=0.9, device="cpu", workers=0, max_steps=3,

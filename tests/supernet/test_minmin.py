@@ -15,6 +15,7 @@ from torch import nn
 
 from cafeslim.bins.space import GroupBins, SearchSpace
 from cafeslim.graph import analyze
+from cafeslim.errors import ConfigError
 from cafeslim.supernet import MinMinConfig, Supernet, minmin_step, step_candidates
 from cafeslim.supernet.supernet import spec_key
 
@@ -194,11 +195,11 @@ def test_low_precision_selection():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"select_batch must be in \(0, 1\]"):
         MinMinConfig(select_batch=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="offset must be non-negative"):
         MinMinConfig(offset=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="select_dtype must be one of"):
         MinMinConfig(select_dtype="int8")
 
 

@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cafeslim.config import TrainConfig
+from cafeslim.config import RunSettings, TrainConfig
+from cafeslim.pipeline import start_run
+from cafeslim.supernet import Supernet
 from cafeslim.supernet.checkpoint import load_checkpoint
-from cafeslim.supernet.train import run_training
+from cafeslim.supernet.train import train_supernet
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "timm:test_resnet"
@@ -39,13 +41,25 @@ CHILD = """
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from cafeslim.config import TrainConfig
-from cafeslim.supernet.train import run_training
+from cafeslim.config import RunSettings, TrainConfig
+from cafeslim.pipeline import start_run
+from cafeslim.supernet import Supernet
+from cafeslim.supernet.train import train_supernet
 cfg = TrainConfig(**json.loads(sys.argv[2]))
+b = start_run(RunSettings(sys.argv[3], train=cfg), sys.argv[1])
 # The pause only makes the run long enough to be killed in flight; it changes no number.
-run_training(sys.argv[3], "demo", cfg, sys.argv[1], progress=False,
-             callback=lambda step, stats: time.sleep(0.15))
+train_supernet(Supernet(b.info.model, b.graph, b.space), b.space, b.data, cfg, sys.argv[1],
+               progress=False, model_name=b.info.name,
+               callback=lambda step, stats: time.sleep(0.15))
 """
+
+
+def run_training(run: Path, resume: bool = False):
+    """The training stage as ``cafeslim search`` runs it (the child does the same)."""
+    b = start_run(RunSettings(MODEL, train=CFG), run, resume=resume)
+    return train_supernet(Supernet(b.info.model, b.graph, b.space), b.space, b.data,
+                          b.settings.train, run, resume=resume, progress=False,
+                          model_name=b.info.name)
 
 
 @pytest.fixture(autouse=True)
@@ -90,10 +104,10 @@ def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(tmp_path):
     at = load_checkpoint(killed / "last.pt")["step"]
     assert 3 <= at < STEPS and at % 3 == 0, f"checkpoint at step {at} (killed after {delay:.2f} s)"
 
-    resumed = run_training(MODEL, "demo", CFG, killed, resume=True, progress=False)
+    resumed = run_training(killed, resume=True)
     assert (resumed.resumed_from, resumed.steps) == (at, STEPS)
     reference = tmp_path / "reference"
-    run_training(MODEL, "demo", CFG, reference, progress=False)
+    run_training(reference)
 
     a, b = load_checkpoint(reference / "last.pt"), load_checkpoint(killed / "last.pt")
     assert a["step"] == b["step"] == STEPS

@@ -13,15 +13,34 @@ import pytest
 import torch
 import yaml
 
-from cafeslim.config import TrainConfig, dump_yaml, load_yaml, resolve, section
+from cafeslim.config import BinsConfig, RunSettings, TrainConfig, dump_yaml, load_yaml, resolve, section
 from cafeslim.errors import CheckpointError, ConfigError, OutputExistsError
+from cafeslim.pipeline import build, start_run
+from cafeslim.supernet import Supernet
 from cafeslim.supernet.checkpoint import load_checkpoint
-from cafeslim.supernet.train import WarmupCosine, param_groups, run_training
+from cafeslim.supernet.train import WarmupCosine, param_groups, train_supernet
 
 MODEL = "timm:test_resnet"
 # 72 training images at batch 8: 9 steps per epoch, so a few steps cross epochs.
 CFG = TrainConfig(epochs=2, batch_size=8, img_size=32, val_split=0.95, device="cpu", workers=0,
                   log_every=2, ckpt_every=3, max_steps=6, warmup_epochs=0.5, seed=1)
+
+
+def run_training(model, cfg, run, resume=False, bins=None, callback=None):
+    """The training stage as ``cafeslim search`` runs it: the run folder, then the supernet."""
+    b = start_run(RunSettings(model, train=cfg, bins=BinsConfig(**(bins or {}))), run,
+                  resume=resume)
+    net = Supernet(b.info.model, b.graph, b.space)
+    return train_supernet(net, b.space, b.data, b.settings.train, run, resume=resume,
+                          progress=False, model_name=b.info.name, callback=callback)
+
+
+def train_in(run, cfg, resume=True, model=MODEL, bins=None):
+    """train_supernet alone on a folder, past the run folder's own checks."""
+    b = build(RunSettings(model, train=cfg, bins=BinsConfig(**(bins or {}))))
+    net = Supernet(b.info.model, b.graph, b.space)
+    return train_supernet(net, b.space, b.data, cfg, run, resume=resume, progress=False,
+                          model_name=b.info.name)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,7 +107,7 @@ def test_schedule_and_weight_decay_groups():
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "base"
-    result = run_training(MODEL, "demo", CFG, run, progress=False)
+    result = run_training(MODEL, CFG, run)
     assert result.steps == result.total_steps == 6 and result.resumed_from is None
     return run
 
@@ -103,7 +122,8 @@ def _snapshot(run: Path) -> dict:
 
 
 def test_training_writes_the_run_folder(base_run):
-    assert sorted(p.name for p in base_run.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in base_run.iterdir()) == ["bins.json", "config.yaml", "graph.json",
+                                                          "last.pt", "metrics.jsonl"]
     lines = [json.loads(l) for l in (base_run / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines] == [2, 4, 6]
     assert set(lines[0]) >= {"step", "epoch", "loss", "lr", "img_s", "widths", "candidates"}
@@ -115,19 +135,26 @@ def test_training_writes_the_run_folder(base_run):
     config = load_yaml(base_run / "config.yaml")
     assert config["model"] == MODEL and config["data"] == "demo"
     assert resolve(TrainConfig, {}, config["train"]) == CFG
+    assert RunSettings.from_dict(config).train == CFG
 
 
 def test_fresh_run_refuses_an_existing_checkpoint(base_run, tmp_path):
     run = _copy(base_run, tmp_path / "run")
     before = _snapshot(run)
+    with pytest.raises(OutputExistsError, match="exists and is not empty; pass --resume"):
+        run_training(MODEL, CFG, run)
+    # Below the run folder, training itself never overwrites a checkpoint either.
     with pytest.raises(OutputExistsError, match="already holds a checkpoint; pass --resume"):
-        run_training(MODEL, "demo", CFG, run, progress=False)
+        train_in(run, CFG, resume=False)
     assert _snapshot(run) == before
 
 
 def test_resume_without_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        run_training(MODEL, CFG, tmp_path / "nothing", resume=True)
+    assert not (tmp_path / "nothing").exists()
     with pytest.raises(CheckpointError, match="no checkpoint to resume"):
-        run_training(MODEL, "demo", CFG, tmp_path / "nothing", resume=True, progress=False)
+        train_in(tmp_path / "nothing", CFG)
     assert not (tmp_path / "nothing").exists()
 
 
@@ -140,7 +167,7 @@ def test_corrupt_checkpoint_is_one_line_and_nothing_is_overwritten(base_run, tmp
     (run / "last.pt").write_bytes(bad)
     before = _snapshot(run)
     with pytest.raises(CheckpointError) as err:
-        run_training(MODEL, "demo", CFG, run, resume=True, progress=False)
+        run_training(MODEL, CFG, run, resume=True)
     assert str(err.value) == f"corrupt or truncated checkpoint {run / 'last.pt'}"
     assert _snapshot(run) == before
 
@@ -148,8 +175,10 @@ def test_corrupt_checkpoint_is_one_line_and_nothing_is_overwritten(base_run, tmp
 def test_resume_of_a_run_made_for_another_model(base_run, tmp_path):
     run = _copy(base_run, tmp_path / "run")
     before = _snapshot(run)
+    with pytest.raises(ConfigError, match="model 'timm:test_resnet' -> 'timm:test_efficientnet'"):
+        run_training("timm:test_efficientnet", CFG, run, resume=True)
     with pytest.raises(CheckpointError) as err:
-        run_training("timm:test_efficientnet", "demo", CFG, run, resume=True, progress=False)
+        train_in(run, CFG, model="timm:test_efficientnet")
     assert str(err.value) == (f"checkpoint {run / 'last.pt'} was made for model {MODEL}, "
                               "not timm:test_efficientnet")
     assert _snapshot(run) == before
@@ -158,22 +187,29 @@ def test_resume_of_a_run_made_for_another_model(base_run, tmp_path):
 def test_resume_with_other_settings_or_bins_is_refused(base_run, tmp_path):
     run = _copy(base_run, tmp_path / "run")
     before = _snapshot(run)
+    other = replace(CFG, batch_size=16, seed=2)
+    with pytest.raises(ConfigError, match=r"other settings \(train.batch_size 8 -> 16; "
+                                          r"train.seed 1 -> 2\)"):
+        run_training(MODEL, other, run, resume=True)
+    with pytest.raises(ConfigError, match=r"bins.beta 1.0 -> 4.0"):
+        run_training(MODEL, CFG, run, resume=True, bins={"beta": 4.0})
+    # The checkpoint's own record catches the same changes below the run folder.
     with pytest.raises(CheckpointError, match=r"other settings \(batch_size 8 -> 16, seed 1 -> 2\)"):
-        run_training(MODEL, "demo", replace(CFG, batch_size=16, seed=2), run, resume=True,
-                     progress=False)
+        train_in(run, other)
     with pytest.raises(CheckpointError, match="other bins"):
-        run_training(MODEL, "demo", CFG, run, resume=True, progress=False, bins={"beta": 4.0})
+        train_in(run, CFG, bins={"beta": 4.0})
     assert _snapshot(run) == before
 
 
 def test_resume_continues_and_keeps_one_log(base_run, tmp_path):
     run = _copy(base_run, tmp_path / "run")
     more = replace(CFG, max_steps=None, epochs=1)  # a changed schedule is refused ...
+    with pytest.raises(ConfigError, match="max_steps 6 -> None"):
+        run_training(MODEL, more, run, resume=True)
     with pytest.raises(CheckpointError, match="max_steps 6 -> None"):
-        run_training(MODEL, "demo", more, run, resume=True, progress=False)
+        train_in(run, more)
     # ... while where and how often it reports may change.
-    result = run_training(MODEL, "demo", replace(CFG, log_every=1, ckpt_every=0), run,
-                          resume=True, progress=False)
+    result = run_training(MODEL, replace(CFG, log_every=1, ckpt_every=0), run, resume=True)
     assert result.resumed_from == 6 and result.steps == 6  # already complete: nothing to do
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["step"] for l in lines] == [2, 4, 6]
@@ -192,9 +228,9 @@ def test_interrupt_writes_a_checkpoint_of_the_current_step(tmp_path, how):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_training(MODEL, "demo", cfg, run, progress=False, callback=stop_at_5)
+        run_training(MODEL, cfg, run, callback=stop_at_5)
     assert load_checkpoint(run / "last.pt")["step"] == 5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    result = run_training(MODEL, "demo", cfg, run, resume=True, progress=False)
+    result = run_training(MODEL, cfg, run, resume=True)
     assert (result.resumed_from, result.steps) == (5, 8)
     assert load_checkpoint(run / "last.pt")["step"] == 8

@@ -23,9 +23,10 @@ from cafeslim.cli.app import main
 from cafeslim.config import TrainConfig
 from cafeslim.errors import CheckpointError, ConfigError, OutputExistsError
 from cafeslim.export.evaluate import evaluate
-from cafeslim.export.run_export import export_run
+from cafeslim.pipeline import export_run
 from cafeslim.flops import count_flops
-from cafeslim.search.run import RunSettings, SearchConfig, run_search
+from cafeslim.config import RunSettings, SearchConfig
+from cafeslim.pipeline import run_search
 
 MODEL = "timm:test_resnet"
 SETTINGS = RunSettings(

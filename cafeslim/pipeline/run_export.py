@@ -1,7 +1,7 @@
 """``cafeslim export RUN``: the sub-network a search chose, as a physically smaller model.
 
 The run folder says everything: ``config.yaml`` rebuilds the model, graph, bins and data
-exactly as the search saw them (:func:`cafeslim.search.run.build`), ``result.json`` names the
+exactly as the search saw them (:func:`cafeslim.pipeline.objects.build`), ``result.json`` names the
 winning IndexSpec of each budget and the checkpoint it was found on. With ``init="inherit"``
 the supernet weights are loaded, BatchNorm is recalibrated for that spec on the very batches the
 search used, and the spec is slimmed out of the supernet (:meth:`Supernet.export_subnet`), so
@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Dict, List, Optional, Union
 
-from ..errors import CheckpointError, ConfigError, OutputExistsError
-from .formats import FORMATS
+from ..config import ExportConfig, choices, load_settings
+from ..errors import CheckpointError, ConfigError
+from ..export.formats import FORMATS
+from .rundir import ensure_empty_dir, is_run_dir  # noqa: F401 - is_run_dir: part of the API
 
 PathLike = Union[str, Path]
-INITS = ("inherit", "scratch")
+INITS = choices(ExportConfig, "init")
 
 
 @dataclass
@@ -73,21 +75,6 @@ class RunExportReport:
         return next((r.top1 for r in self.parity if r.what.startswith(what)), None)
 
 
-def is_run_dir(arg: str) -> bool:
-    """Whether a command-line argument names a run folder rather than a model.
-
-    A model name never holds a path separator unless it has a ``:`` (``hf-hub:org/name``),
-    so ``runs/x`` is a run folder even when it does not exist (the error then says so).
-
-    Example:
-        >>> is_run_dir("runs/test_resnet-50pct"), is_run_dir("tv:resnet18")
-        (True, False)
-    """
-    if ":" in arg:
-        return False
-    return "/" in arg or "\\" in arg or Path(arg).is_dir()
-
-
 def _pick(result: Dict[str, Any], budget: Optional[str]) -> Dict[str, Any]:
     rows = result["budgets"]
     names = ", ".join(r["budget"] for r in rows)
@@ -99,14 +86,6 @@ def _pick(result: Dict[str, Any], budget: Optional[str]) -> Dict[str, Any]:
         if r["budget"].replace(" ", "").lower() == budget.replace(" ", "").lower():
             return r
     raise ConfigError(f"the run has no budget {budget!r}; it searched {names}")
-
-
-def _check_out(path: Path, force: bool) -> None:
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"output path {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputExistsError(f"output folder {path} exists and is not empty; pass --force to "
-                                "write into it anyway")
 
 
 def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "inherit",
@@ -141,11 +120,11 @@ def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "
 
     from ..flops import count_flops, count_params
     from ..graph import spec_from_json
-    from ..search.report import read_result
-    from ..search.run import build, load_settings, make_fitness
+    from ..export.formats import export_model, widths_info, write_widths_json
+    from ..export.slim import slim
     from ..supernet import Supernet
-    from .formats import export_model, widths_info, write_widths_json
-    from .slim import slim
+    from .objects import build, make_fitness
+    from .report import read_result
 
     if init not in INITS:
         raise ConfigError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
@@ -159,7 +138,7 @@ def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "
     slug = entry["budget"].replace("%", "pct").replace(" ", "")
     out = Path(out_dir) if out_dir is not None else (
         run_dir / "export" if len(result["budgets"]) == 1 else run_dir / "export" / slug)
-    _check_out(out, force)
+    ensure_empty_dir(out, force)
 
     b = build(settings)
     if b.info.name != result["model"]:

@@ -1,4 +1,4 @@
-"""``cafeslim export``'s pipeline: choose uniform widths (or reload saved ones), slim, write files.
+"""``cafeslim export MODEL``: choose uniform widths (or reload saved ones), slim, write files.
 
 Three ways to pick the architecture, exactly one per call:
 
@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Union
 
 import numpy as np
 
-from ..errors import ConfigError, OutputExistsError
-from .formats import FORMATS, ExportResult, export_model, read_widths_json, widths_info
-from .slim import slim
+from ..errors import ConfigError
+from ..export.formats import FORMATS, ExportResult, export_model, read_widths_json, widths_info
+from ..export.slim import slim
+from .objects import analyze_info
+from .rundir import ensure_empty_dir
 
 if TYPE_CHECKING:
     from ..models import ModelInfo
@@ -61,15 +63,6 @@ class UniformExportReport:
     result: Optional[ExportResult] = None
 
 
-def _check_out_dir(path: Path, force: bool) -> None:
-    # Same rule as the CLI's ensure_empty_dir, for library callers that skip the CLI.
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"output path {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputExistsError(f"output folder {path} exists and is not empty; pass --force to "
-                                "write into it anyway")
-
-
 def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
                    flops: Union[str, float, None] = None, order: str = "natural",
                    formats: Collection[str] = FORMATS, out_dir: PathLike,
@@ -103,8 +96,7 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
         0.49...
     """
     from ..bins import channel_order, channel_space, min_space_flops, parse_budget, uniform_widths
-    from ..flops import FlopsModel, count_flops, count_params
-    from ..graph import analyze
+    from ..flops import count_flops, count_params
 
     given = [fraction is not None, flops is not None, widths_file is not None]
     if sum(given) != 1:
@@ -113,11 +105,10 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
     if fraction is not None and not 0.0 < float(fraction) <= 1.0:
         raise ConfigError(f"the uniform fraction must be in (0, 1], got {fraction}")
     out = Path(out_dir)
-    _check_out_dir(out, force)
+    ensure_empty_dir(out, force)
 
-    x = info.example_input()
-    graph = analyze(info.model, x, source=info.name)
-    fm = FlopsModel(graph, info.model, x)
+    a = analyze_info(info)
+    x, graph, fm = a.example, a.graph, a.fm
     extra: Dict[str, Any] = {"method": "uniform", "order": order}
     budget = None
     if widths_file is not None:

@@ -1,8 +1,8 @@
 """Search throughput: width vectors scored per second, and where the time goes.
 
-``python -m cafeslim.search.throughput --model timm:test_resnet --img-size 64`` builds the model,
+``python -m cafeslim.pipeline.throughput --model timm:test_resnet --img-size 64`` builds the model,
 its bins and an (untrained: speed does not depend on the weights) supernet on the demo data,
-scores ``--widths`` random width vectors of a 50 % FLOPs window with :class:`~.fitness.Fitness`
+scores ``--widths`` random width vectors of a 50 % FLOPs window with :class:`~cafeslim.search.Fitness`
 and prints one JSON line per setting (offset r, torch threads): widths/s, candidates/s and
 the shares of gather-plan preparation, BN recalibration and D_val evaluation.
 """
@@ -36,20 +36,17 @@ def measure_throughput(model: str = "timm:test_resnet", img_size: Optional[int] 
     from ..bins import make_bins, parse_budget, random_widths
     from ..config import TrainConfig
     from ..data import build_data, dataset_classes
-    from ..flops import FlopsModel
-    from ..graph import analyze
     from ..models import create
+    from ..search.fitness import Fitness, FitnessStats
     from ..supernet import Supernet
-    from ..supernet.train import at_size
-    from .fitness import Fitness, FitnessStats
+    from .objects import analyze_info, at_size
 
     torch.manual_seed(seed)
     info = create(model, num_classes=len(dataset_classes("demo")))
     if img_size:
         info = at_size(info, img_size)
-    x = info.example_input()
-    graph = analyze(info.model, x)
-    fm = FlopsModel(graph, info.model, x)
+    a = analyze_info(info)
+    graph, fm = a.graph, a.fm
     cfg = TrainConfig(batch_size=batch_size, img_size=img_size, device="cpu", seed=seed)
     data = build_data("demo", info, cfg)
     rows = []

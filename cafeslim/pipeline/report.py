@@ -1,4 +1,4 @@
-"""What a search run reports: live progress, ``result.json``, ``report.md`` and its plots.
+"""What a search run reports: ``result.json``, ``report.md`` and its plots.
 
 Plots (PNG, in ``plots/``), drawn with matplotlib's Agg backend (no display needed):
 
@@ -21,102 +21,11 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from ..config import RUN_FORMAT
 from ..errors import CheckpointError
+from ..units import human
 
-RUN_FORMAT = "cafeslim.run/1"
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
-
-
-class SearchRecorder:
-    """Writes ``search.jsonl`` and the searchers' state as a search goes, and shows progress.
-
-    On creation the log is rewritten to the earlier stages' lines plus the saved histories of
-    this search: records scored after the last saved generation are dropped (the resumed
-    search scores them again), so the log reads as one uninterrupted run. A live rich bar on
-    stderr shows generations done, widths evaluated and the best D_val top-1 so far.
-
-    Args:
-        log_path, state_path: ``search.jsonl`` and the state file (written atomically).
-        stage: this search's stage (None: single-stage; every earlier line is dropped).
-        states: the saved per-budget states being resumed (None: a fresh search).
-        progress: draw the bar; label, total: its text and number of generations.
-        write: False on the ranks that must not write (torchrun).
-
-    Example:
-        >>> rec = SearchRecorder(run / "search.jsonl", run / "search_state.json", None, None,
-        ...                      True, "50%", total=50)                            # doctest: +SKIP
-        >>> search_budgets(..., on_eval=rec.on_eval, on_state=rec.on_state)       # doctest: +SKIP
-    """
-
-    def __init__(self, log_path: Path, state_path: Path, stage: Optional[int],
-                 states: Optional[List[Any]], progress: bool, label: str, total: int,
-                 write: bool = True) -> None:
-        from ..config import atomic_write
-
-        self.state_path, self.write, self.n, self.best = state_path, write, 0, float("nan")
-        keep = []
-        if stage is not None and log_path.exists():
-            for line in log_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if int(json.loads(line).get("stage", stage)) < stage:
-                        keep.append(line)
-                except (ValueError, AttributeError, TypeError):
-                    continue  # a line torn by a kill
-        for st in states or []:
-            keep += [json.dumps(r) for r in (st or {}).get("history", [])]
-        self.log = None
-        if write:
-            text = "".join(k + "\n" for k in keep)
-            atomic_write(log_path, lambda fh: fh.write(text.encode("utf-8")))
-            self.log = open(log_path, "a", encoding="utf-8")
-        self.bar = None
-        if progress:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.bar = Progress(TextColumn(f"[bold]search {label}"), BarColumn(bar_width=20),
-                                MofNCompleteColumn(), TextColumn(
-                                    "gen  {task.fields[n]} widths  best {task.fields[best]}"),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                console=Console(stderr=True))
-            self.task = self.bar.add_task("search", total=total, completed=self.generations(states),
-                                          n=0, best="-")
-            self.bar.start()
-
-    @staticmethod
-    def generations(states: Optional[List[Any]]) -> int:
-        """Finished generations over all budgets of a list of states."""
-        return sum(int((st or {}).get("generation", 0)) for st in states or [])
-
-    def on_eval(self, rec: Mapping[str, Any]) -> None:
-        """Append one newly scored record to the log (searchers' ``on_eval``)."""
-        if self.log is not None:
-            self.log.write(json.dumps(rec) + "\n")
-        self.n += 1
-        if not rec["top1"] <= self.best:  # also replaces the initial NaN
-            self.best = float(rec["top1"])
-        if self.bar is not None:
-            self.bar.update(self.task, n=self.n, best=f"{self.best:.2%}")
-
-    def on_state(self, states: List[Any]) -> int:
-        """Save the states after a generation (searchers' ``on_state``); returns generations."""
-        from ..config import atomic_write
-
-        if self.write:
-            self.log.flush()
-            text = json.dumps({"format": "cafeslim.search-state/1", "budgets": states}) + "\n"
-            atomic_write(self.state_path, lambda fh: fh.write(text.encode("utf-8")))
-        done = self.generations(states)
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done)
-        return done
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-        if self.log is not None:
-            self.log.close()
 
 
 def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any]:
@@ -128,7 +37,7 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
     winning candidate and the IndexSpec itself, and the checkpoint it was found on.
 
     Args:
-        b: the run's :class:`~cafeslim.search.run.Built`.
+        b: the run's :class:`~cafeslim.pipeline.objects.Built`.
         out: what the method produced (``results``, ``checkpoints``, ``train``, ``search``,
             optionally ``space`` of the last stage and ``stages``).
         seconds: the run's wall time.
@@ -138,7 +47,6 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
         >>> doc["budgets"][0]["flops"] <= doc["budgets"][0]["budget_flops"]  # doctest: +SKIP
         True
     """
-    from ..bins import human_flops
     from ..export import slim
     from ..flops import count_params
 
@@ -153,7 +61,7 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
         rows.append({
             "budget": text, "budget_flops": budget, "window": [s.low * budget, budget],
             "top1": best.top1, "flops": best.flops, "flops_ratio": best.flops / b.fm.full,
-            "flops_human": human_flops(best.flops), "params": params,
+            "flops_human": human(best.flops), "params": params,
             "params_ratio": params / full_params if full_params else None,
             "k": [int(v) for v in best.k], "num_bins": [int(v) for v in space.num_bins],
             "widths": {str(g): int(w) for g, w in graph.widths_of(spec).items()},
@@ -215,13 +123,6 @@ def _pct(x: Optional[float]) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
-def _human(n: float) -> str:
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}"
-    return f"{n:.0f}"
-
-
 def write_report(run_dir: Union[str, Path], result: Mapping[str, Any],
                  space: Any = None) -> Path:
     """Write ``report.md`` and ``plots/*.png`` from a run's files (and its bins, if given).
@@ -267,15 +168,15 @@ def _markdown(r: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
     full = r["full"]
     lines = [f"# Width search: {r['model']}", "",
              f"Method **{r['method']}** on data `{r['data']}`, input {'×'.join(map(str, r['input_size']))}; "
-             f"full model {_human(full['flops'])} FLOPs, {_human(full['params'])} params; "
+             f"full model {human(full['flops'])} FLOPs, {human(full['params'])} params; "
              f"{r['space']['groups']} searchable groups, search space 10^{r['space']['log10_size']:.1f} "
              f"(β={r['space']['beta']:g}, offset r={r['space']['offset']}); run time {r['seconds']:.0f} s.",
              "", "## Result", "",
              "| budget | FLOPs | of full | params | of full | D_val top-1 | widths evaluated | checkpoint |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for b in r["budgets"]:
-        lines.append(f"| {b['budget']} | {_human(b['flops'])} | {b['flops_ratio']:.3f} | "
-                     f"{_human(b['params'])} | {b['params_ratio']:.3f} | {_pct(b['top1'])} | "
+        lines.append(f"| {b['budget']} | {human(b['flops'])} | {b['flops_ratio']:.3f} | "
+                     f"{human(b['params'])} | {b['params_ratio']:.3f} | {_pct(b['top1'])} | "
                      f"{b['evaluated']} | {b['checkpoint'] or '–'} |")
     lines += ["", "FLOPs count one multiply-add as one FLOP (fvcore's convention), at the input "
               "size above. D_val is held out of the training images; the test split is only "
@@ -324,7 +225,7 @@ def plot_widths(result: Mapping[str, Any], path: Path, title: str = "") -> Path:
         ratio = [b["widths"].get(str(g["id"]), g["channels"]) / g["channels"] for g in groups]
         xs = [i + (j - (m - 1) / 2) * width for i in range(n)]
         ax.bar(xs, ratio, width=width, color=COLORS[j % len(COLORS)],
-               label=f"{b['budget']}: {_human(b['flops'])} FLOPs, top-1 {_pct(b['top1'])}")
+               label=f"{b['budget']}: {human(b['flops'])} FLOPs, top-1 {_pct(b['top1'])}")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0, 1.12 + 0.07 * ((m + 1) // 2))  # headroom above 1.0 for the legend
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
@@ -356,7 +257,7 @@ def plot_accuracy(result: Mapping[str, Any], records: Sequence[Mapping[str, Any]
     keys = list(dict.fromkeys((rec.get("stage") or 0, rec["budget"]) for rec in records))
     for j, key in enumerate(keys):
         pts = [rec for rec in records if (rec.get("stage") or 0, rec["budget"]) == key]
-        label = f"evaluated, budget {_human(key[1])}" + (f" (stage {key[0]})" if key[0] else "")
+        label = f"evaluated, budget {human(key[1])}" + (f" (stage {key[0]})" if key[0] else "")
         ax.scatter([p["flops"] / scale for p in pts], [100 * p["top1"] for p in pts], s=14,
                    alpha=0.55, color=COLORS[j % len(COLORS)], label=label, linewidths=0)
     for j, b in enumerate(result["budgets"]):
@@ -415,5 +316,5 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-__all__ = ["SearchRecorder", "plot_accuracy", "plot_loss", "plot_widths", "read_result",
+__all__ = ["plot_accuracy", "plot_loss", "plot_widths", "read_result",
            "result_json", "write_report"]
