@@ -1,11 +1,40 @@
 """cafeslim: FLOPs-budgeted width search (CafeNet, ICLR 2021) for arbitrary vision models.
 
-The package is laid out by pipeline stage::
+The package is laid out by pipeline stage, with the orchestration of the command line apart::
 
     models ─► graph ─► flops ─► bins ─► supernet ─► search ─► export
                                                  data ─┘
+    config (settings) · pipeline (run folder, stages, reports) · cli
 
-See ``README.md`` for the command line and ``../shared/DESIGN.md`` for the invariants.
+The Python API (README, "Python API") works on any ``nn.Module``:
+
+Example:
+    >>> import cafeslim
+    >>> graph = cafeslim.analyze(model, x)                                  # doctest: +SKIP
+    >>> net = cafeslim.Supernet(model, graph, cafeslim.make_bins(graph))    # doctest: +SKIP
+    >>> result = cafeslim.search_widths(net, val_batches, recal_batches, budget="50%")  # doctest: +SKIP
+    >>> small = cafeslim.slim(model, graph, result.spec)                    # doctest: +SKIP
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+# Lazy: ``import cafeslim`` (and the CLI's ``--help``) must not wait for torch.
+_EXPORTS = {
+    "api": ["API_SEARCH", "SearchOutcome", "export_files", "make_bins", "minmin_step", "search_widths"],
+    "config": ["BinsConfig", "MinMinConfig", "SearchConfig", "TrainConfig"],
+    "errors": ["CafeslimError"],
+    "export.slim": ["slim"],
+    "graph": ["analyze"],
+    "models": ["create"],
+    "supernet": ["Supernet"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from ..pipeline.rundir import ensure_empty_dir  # noqa: F401 - the commands' folder check
 from ..units import human
 
 if TYPE_CHECKING:

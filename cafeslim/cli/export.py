@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Annotated, List, Optional
 import typer
 from rich.text import Text
 
-from ..config import ExportConfig
+from ..config import ExportConfig, ensure_empty_dir
 from ..errors import ConfigError, ExportError
 from ..export.formats import FORMATS
-from ..pipeline.rundir import ensure_empty_dir, is_run_dir
+from ..pipeline.rundir import is_run_dir
 from .common import NumClassesOpt, PretrainedOpt, WeightsOpt, before_after, choice_enum, load_model, out
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
     # Before the (slow) model creation, so a mistyped --out fails at once.
     ensure_empty_dir(out_dir, force)
     info = load_model(model, weights, pretrained, num_classes)
-    from ..pipeline.uniform_export import uniform_export
+    from ..pipeline.uniform import uniform_export
 
     report = uniform_export(info, fraction=uniform, flops=flops, order=order.value, formats=fmt,
                             out_dir=out_dir, widths_file=widths, force=force)

@@ -4,7 +4,7 @@
   :class:`BinsConfig`, :class:`ExportConfig`; their ``Literal`` fields are the CLI's choices.
 * :mod:`.run` — :class:`RunSettings` (a run's ``config.yaml``), the demo preset, the method
   rules and :func:`resolve_settings` (flags > YAML > demo preset > defaults).
-* :mod:`.files` — resolving a dataclass from flags and YAML, atomic writes.
+* :mod:`.files` — resolving a dataclass from flags and YAML, atomic writes, output folders.
 
 Nothing here imports torch: the CLI's ``--help`` must stay fast.
 
@@ -13,8 +13,8 @@ Example:
     3
 """
 
-from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml, load_yaml,
-                    resolve, section, to_dict)
+from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml,
+                    ensure_empty_dir, load_yaml, resolve, section, to_dict)
 from .run import (CONFIG_FILE, DEMO, DEMO_IMG_SIZE, DEMO_PRESET, RUN_FORMAT, RunSettings,
                   load_settings, method_offset, resolve_settings)
 from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainConfig, choices
@@ -22,6 +22,7 @@ from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainC
 __all__ = [
     "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "ExportConfig",
     "MinMinConfig", "RESUMABLE_CHANGES", "RUN_FORMAT", "RunSettings", "SearchConfig",
-    "TrainConfig", "atomic_write", "changed_settings", "choices", "dump_yaml", "load_settings",
+    "TrainConfig", "atomic_write", "changed_settings", "choices", "dump_yaml", "ensure_empty_dir",
+    "load_settings",
     "load_yaml", "method_offset", "resolve", "resolve_settings", "section", "to_dict",
 ]

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Dict, Literal, Mapping, Optional, Ty
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputExistsError
 
 T = TypeVar("T")
 
@@ -255,6 +255,34 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def ensure_empty_dir(path: Union[str, Path], force: bool, *, what: str = "output folder",
+                     hint: str = "pass --force to write into it anyway") -> Path:
+    """Check that ``path`` can receive new files; nothing is created or deleted.
+
+    With ``force`` an existing folder is written into and same-named files are overwritten;
+    other files in it are left alone (deleting a folder the user mistyped is worse than
+    leaving stale files).
+
+    Args:
+        path: the folder.
+        force: accept a non-empty folder.
+        what, hint: how the error names the folder and what it suggests.
+
+    Raises:
+        OutputExistsError: ``path`` is a file, or a non-empty folder and ``force`` is False.
+
+    Example:
+        >>> ensure_empty_dir("exports/r18", force=False)
+        PosixPath('exports/r18')
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{what.split()[0]} path {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise OutputExistsError(f"{what} {path} exists and is not empty; {hint}")
+    return path
 
 
 def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any],

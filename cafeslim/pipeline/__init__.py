@@ -8,7 +8,7 @@ together the way the command line uses them and persists every step:
 * :mod:`.stages` — the methods (:data:`~.stages.METHODS`): train, search, multi-stage, uniform;
 * :mod:`.run` — :func:`run_search`, the whole ``cafeslim search``;
 * :mod:`.recorder`, :mod:`.report` — ``search.jsonl``, ``result.json``, ``report.md``, plots;
-* :mod:`.run_export`, :mod:`.uniform_export` — ``cafeslim export RUN`` and ``export MODEL``;
+* :mod:`.run_export`, :mod:`.uniform` — ``cafeslim export RUN`` and ``export MODEL``;
 * :mod:`.throughput` — fitness throughput of a model (``python -m cafeslim.pipeline.throughput``).
 
 Example:
@@ -25,10 +25,10 @@ _EXPORTS = {
     "report": ["read_result", "result_json", "write_report"],
     "run": ["RunResult", "run_search", "start_run"],
     "run_export": ["RunExportReport", "export_run"],
-    "rundir": ["check_resume", "default_run_dir", "ensure_empty_dir", "is_run_dir",
+    "rundir": ["check_resume", "default_run_dir", "is_run_dir",
                "prepare_run_dir"],
     "stages": ["METHODS", "search_stage", "train_stage"],
-    "uniform_export": ["UniformExportReport", "uniform_export"],
+    "uniform": ["UniformExportReport", "uniform_export"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -22,7 +22,8 @@ from typing import Any, Collection, Dict, List, Optional, Union
 from ..config import ExportConfig, choices, load_settings
 from ..errors import CheckpointError, ConfigError
 from ..export.formats import FORMATS
-from .rundir import ensure_empty_dir, is_run_dir  # noqa: F401 - is_run_dir: part of the API
+from ..config import ensure_empty_dir
+from .rundir import is_run_dir  # noqa: F401 - part of this module's API
 
 PathLike = Union[str, Path]
 INITS = choices(ExportConfig, "init")

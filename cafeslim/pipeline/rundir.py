@@ -4,11 +4,12 @@ A run folder holds ``config.yaml`` (resolved settings), ``graph.json``, ``bins.j
 ``last.pt`` (stage t > 1: ``stage<t>/last.pt``), ``metrics.jsonl``, ``search.jsonl`` (every
 evaluated width vector), ``search_state.json`` (the searchers after the last finished
 generation), ``stages.json`` (multi-stage), ``result.json``, ``report.md``, ``plots/`` and
-``export/``. Nothing here imports torch.
+``export/``. Nothing here imports torch; the empty-folder check is
+:func:`cafeslim.config.ensure_empty_dir`.
 
 Example:
-    >>> ensure_empty_dir(Path("exports/r18"), force=False)
-    PosixPath('exports/r18')
+    >>> is_run_dir("runs/test_resnet-50pct")
+    True
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
-from ..config import CONFIG_FILE, DEMO, RESUMABLE_CHANGES, RunSettings, atomic_write
+from ..config import (CONFIG_FILE, DEMO, RESUMABLE_CHANGES, RunSettings, atomic_write,
+                      ensure_empty_dir)
 from ..errors import CheckpointError, ConfigError, OutputExistsError
 
 CONFIG, RESULT, SEARCH_LOG, STATE, STAGES = (CONFIG_FILE, "result.json", "search.jsonl",
@@ -27,35 +29,6 @@ CONFIG, RESULT, SEARCH_LOG, STATE, STAGES = (CONFIG_FILE, "result.json", "search
 # What --force may delete: only files a run writes (never a user's other files).
 RUN_FILES = (CONFIG, RESULT, SEARCH_LOG, STATE, STAGES, "graph.json", "bins.json", "last.pt",
              "metrics.jsonl", "report.md", "plots", "export")
-_FORCE_HINT = "pass --force to write into it anyway"
-
-
-def ensure_empty_dir(path: Union[str, Path], force: bool, *, what: str = "output folder",
-                     hint: str = _FORCE_HINT) -> Path:
-    """Check that ``path`` can receive new files; nothing is created or deleted.
-
-    With ``force`` an existing folder is written into and same-named files are overwritten;
-    other files in it are left alone (deleting a folder the user mistyped is worse than
-    leaving stale files).
-
-    Args:
-        path: the folder.
-        force: accept a non-empty folder.
-        what, hint: how the error names the folder and what it suggests.
-
-    Raises:
-        OutputExistsError: ``path`` is a file, or a non-empty folder and ``force`` is False.
-
-    Example:
-        >>> ensure_empty_dir("exports/r18", force=False)
-        PosixPath('exports/r18')
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputExistsError(f"{what.split()[0]} path {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise OutputExistsError(f"{what} {path} exists and is not empty; {hint}")
-    return path
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:

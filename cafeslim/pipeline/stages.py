@@ -74,7 +74,7 @@ def search_stage(b: Built, supernet: Any, space: Any, run_dir: Path, budgets: Li
         ``(results, summary)``: a :class:`~cafeslim.search.SearchResult` per budget and the
         ``search`` entry of ``result.json``.
     """
-    from ..search import SEARCHERS, search_budgets
+    from ..search import SEARCHERS, search_with
     from .recorder import SearchRecorder
 
     s = b.settings.search
@@ -91,10 +91,9 @@ def search_stage(b: Built, supernet: Any, space: Any, run_dir: Path, budgets: Li
 
     fitness, t0 = make_fitness(b, supernet, space), time.perf_counter()
     try:
-        results = search_budgets(fitness, space, b.fm, budgets, s.searcher,
-                                 seed=b.settings.train.seed, states=states, on_eval=rec.on_eval,
-                                 on_state=on_state, low=s.low,
-                                 tag={"stage": stage} if stage else None, **cls.options(s))
+        results = search_with(s, fitness, space, b.fm, budgets, seed=b.settings.train.seed,
+                              states=states, on_eval=rec.on_eval, on_state=on_state,
+                              tag={"stage": stage} if stage else None)
     finally:
         rec.close()
     summary = {k: round(v, 4) if isinstance(v, float) else v

@@ -16,7 +16,7 @@ _EXPORTS = {
                    "stage_betas", "stage_budgets"],
     "operators": ["Window", "crossover", "mutate"],
     "searchers": ["SEARCHERS", "EvolutionSearcher", "RandomSearcher", "SearchResult", "Searcher",
-                  "evolution_search", "random_search", "search_budgets"],
+                  "evolution_search", "random_search", "search_budgets", "search_with"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

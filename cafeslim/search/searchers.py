@@ -489,5 +489,23 @@ def search_budgets(fitness: CachedFitness, space: Any, fm: Any, budgets: Sequenc
     return results
 
 
+def search_with(config: Any, fitness: CachedFitness, space: Any, fm: Any,
+                budgets: Sequence[float], *, seed: int = 0, **kwargs: Any) -> List[SearchResult]:
+    """:func:`search_budgets` with the searcher and its options from a settings object.
+
+    ``config`` is a :class:`~cafeslim.config.SearchConfig`: its ``searcher`` names an entry
+    of :data:`SEARCHERS`, whose :meth:`Searcher.options` reads its own fields; ``low`` is the
+    window. The command line and the Python API both search through here.
+
+    Example:
+        >>> search_with(SearchConfig(population=8, iterations=3), fit, space, fm, [1e9])  # doctest: +SKIP
+    """
+    if config.searcher not in SEARCHERS:
+        raise ConfigError(f"unknown searcher {config.searcher!r}; choose from {', '.join(SEARCHERS)}")
+    options = SEARCHERS[config.searcher].options(config)
+    return search_budgets(fitness, space, fm, budgets, config.searcher, seed=seed, low=config.low,
+                          **options, **kwargs)
+
+
 __all__ = ["EvolutionSearcher", "RandomSearcher", "SEARCHERS", "SearchResult", "Searcher",
-           "evolution_search", "random_search", "search_budgets"]
+           "evolution_search", "random_search", "search_budgets", "search_with"]

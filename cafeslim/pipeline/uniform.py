@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..export.formats import FORMATS, ExportResult, export_model, read_widths_json, widths_info
 from ..export.slim import slim
 from .objects import analyze_info
-from .rundir import ensure_empty_dir
+from ..config import ensure_empty_dir
 
 if TYPE_CHECKING:
     from ..models import ModelInfo
