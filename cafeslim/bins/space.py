@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import SpecError
 from ..graph import ChannelGraph, IndexSpec
 
 
@@ -74,7 +75,7 @@ def bin_choices(k: int, num_bins: int, r: int) -> Tuple[Tuple[int, ...], ...]:
         ((0, 1, 2), (0, 1, 3), (0, 2, 3))
     """
     if not 1 <= k <= num_bins:
-        raise ValueError(f"width {k} outside [1, {num_bins}]")
+        raise SpecError(f"width {k} outside [1, {num_bins}]")
     base = tuple(range(max(k - r - 1, 0)))
     zone = [b for b in range(k - 1 - r, k + r) if 0 <= b < num_bins and b not in base]
     n_free = k - len(base)

@@ -127,7 +127,7 @@ def make_fitness(b: Built, supernet: Any, space: Any = None, offset: Optional[in
     Example:
         >>> make_fitness(build(settings), Supernet(...))(space.num_bins).top1   # doctest: +SKIP
     """
-    from ..search.fitness import Fitness
+    from ..search import Fitness
 
     s = b.settings.search
     return Fitness(supernet, space or b.space, b.data.calib, b.data.val, recal_n=s.recal_batches,

@@ -18,11 +18,10 @@ import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Union
 
 from ..config import (CONFIG_FILE, DEMO, RESUMABLE_CHANGES, RunSettings, atomic_write,
                       ensure_empty_dir)
-from ..errors import CheckpointError, ConfigError, OutputExistsError
+from ..errors import CheckpointError, ConfigError
 
 CONFIG, RESULT, SEARCH_LOG, STATE, STAGES = (CONFIG_FILE, "result.json", "search.jsonl",
                                              "search_state.json", "stages.json")

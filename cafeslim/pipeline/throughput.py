@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ def measure_throughput(model: str = "timm:test_resnet", img_size: Optional[int] 
     from ..config import TrainConfig
     from ..data import build_data, dataset_classes
     from ..models import create
-    from ..search.fitness import Fitness, FitnessStats
+    from ..search import Fitness, FitnessStats
     from ..supernet import Supernet
     from .objects import analyze_info, at_size
 

@@ -11,7 +11,8 @@ import importlib
 
 # Lazy: ``cafeslim search``'s argument errors should not wait for torch to import.
 _EXPORTS = {
-    "fitness": ["CachedFitness", "Fitness", "FitnessResult", "FitnessStats", "FunctionFitness", "as_key"],
+    "fitness": ["CachedFitness", "FitnessResult", "FitnessStats", "FunctionFitness", "as_key"],
+    "supernet_fitness": ["Fitness"],
     "multistage": ["Stage", "StageResult", "SubGroupBins", "plan_stages", "run_stages", "shrink_space",
                    "stage_betas", "stage_budgets"],
     "operators": ["Window", "crossover", "mutate"],

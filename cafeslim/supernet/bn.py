@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..export.slim import patched_attributes
 from .supernet import Supernet, bn_modules, unwrap
 
@@ -32,7 +32,7 @@ def _images(batch: Any) -> torch.Tensor:
         for key in ("image", "images", "input", "x"):
             if isinstance(batch.get(key), torch.Tensor):
                 return batch[key]
-    raise TypeError(f"cannot find the images in a batch of type {type(batch).__name__}")
+    raise DataError(f"cannot find the images in a batch of type {type(batch).__name__}")
 
 
 @contextmanager
@@ -105,7 +105,7 @@ def recalibrate_bn(
         >>> accuracy = evaluate(net.eval(), val_loader)
     """
     if max_batches < 1:
-        raise ValueError(f"max_batches must be at least 1, got {max_batches}")
+        raise ConfigError(f"max_batches must be at least 1, got {max_batches}")
     net: Supernet = unwrap(supernet)
     model = net.model
     key = net.prepare(spec)

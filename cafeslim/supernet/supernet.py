@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..export.slim import Indices, gather_indices, module_attributes, patched_attributes, slim
 from ..graph.channel_graph import ChannelGraph, IndexSpec
 
@@ -70,7 +71,7 @@ def unwrap(module: nn.Module) -> "Supernet":
     while not isinstance(module, Supernet):
         inner = getattr(module, "module", None)
         if not isinstance(inner, nn.Module) or seen > 4:
-            raise TypeError(f"expected a Supernet or a wrapper of one, got {type(module).__name__}")
+            raise ConfigError(f"expected a Supernet or a wrapper of one, got {type(module).__name__}")
         module, seen = inner, seen + 1
     return module
 

@@ -1,0 +1,209 @@
+"""Max-max fitness on a trained supernet: BN recalibration, then D_val top-1 (Eq. 13).
+
+The recalibration and D_val batches are read once and replayed from memory when they fit, so
+every candidate is scored on exactly the same images.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from .fitness import Batches, CachedFitness, FitnessResult, Key
+
+
+class _Replay:
+    """Re-iterable batches: the first ``limit`` batches of a source, kept in memory when small.
+
+    Recalibration and evaluation read the same batches for every candidate; re-running a data
+    loader each time (decode, resize) can cost more than the forwards. The first complete pass
+    is kept if it fits in ``max_bytes``; otherwise every pass streams from the source again.
+    """
+
+    def __init__(self, source: Batches, limit: Optional[int], max_bytes: int) -> None:
+        self.source, self.limit, self.max_bytes = source, limit, max_bytes
+        self._kept: Optional[List[Any]] = None
+
+    def _open(self) -> Iterator[Any]:
+        return iter(self.source() if callable(self.source) else self.source)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        got: List[Any] = []
+        size, n = 0, 0
+        keep = self.max_bytes > 0
+        if self.limit is not None and self.limit <= 0:
+            return
+        for batch in self._open():
+            n += 1
+            if keep:
+                got.append(batch)
+                size += _nbytes(batch)
+                keep = size <= self.max_bytes
+                if not keep:
+                    got = []
+            last = self.limit is not None and n >= self.limit
+            if keep and last:
+                self._kept = got  # complete before yielding: the consumer may stop here
+            yield batch
+            if last:
+                return  # never load a batch that will not be used
+        if keep:
+            self._kept = got
+
+
+def _nbytes(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.element_size() * batch.nelement()
+    if isinstance(batch, (tuple, list)):
+        return sum(_nbytes(b) for b in batch)
+    if isinstance(batch, Mapping):
+        return sum(_nbytes(b) for b in batch.values())
+    return 0
+
+
+def _xy(batch: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, Mapping):
+        return batch.get("image", batch.get("images")), batch.get("label", batch.get("target"))
+    return batch[0], batch[1]
+
+
+class Fitness(CachedFitness):
+    """Max-max fitness of width vectors on a trained supernet (Eq. 13).
+
+    For every candidate of ``k``: recalibrate BatchNorm on ``recal_n`` training batches
+    (:func:`~cafeslim.supernet.recalibrate_bn`), then measure top-1 on D_val in eval mode under
+    ``torch.inference_mode``. The fitness is the best candidate's top-1 and its IndexSpec is the
+    result. The same batches are used for every candidate (kept in memory when they fit in
+    ``cache_mb``), so scores are deterministic and comparable.
+
+    Args:
+        supernet: a :class:`~cafeslim.supernet.Supernet` (or a DDP wrapper of one).
+        space: its :class:`~cafeslim.bins.SearchSpace`.
+        recal_batches: training batches for recalibration: a list, a re-iterable (data
+            loader) or a callable returning a fresh iterable. Use a fixed order (``Data.calib``).
+        val_batches: D_val batches ``(images, labels)``, same forms.
+        recal_n: batches per recalibration (paper/AutoSlim: 20).
+        eval_n: D_val batches per evaluation (None: all).
+        offset: r of Eq. 5 (default: the space's; 0 scores the fixed pattern only).
+        device: where images go (default: the supernet's device).
+        flops_model: prices the winning spec (:class:`~cafeslim.flops.FlopsModel`).
+        extra_candidates: see :class:`CachedFitness`.
+        cache_mb: keep recalibration and D_val batches in memory up to this size each
+            (0: always re-read them).
+        channels_last: feed images in channels-last memory format.
+
+    Example:
+        >>> fit = Fitness(supernet, space, data.calib, data.val, recal_n=20, flops_model=fm)  # doctest: +SKIP
+        >>> res = fit(space.num_bins // 2)                                    # doctest: +SKIP
+        >>> len(res.candidate_top1s), res is fit(space.num_bins // 2)         # doctest: +SKIP
+        (3, True)
+    """
+
+    def __init__(self, supernet: torch.nn.Module, space: Any, recal_batches: Batches, val_batches: Batches,
+                 recal_n: int = 20, eval_n: Optional[int] = None, offset: Optional[int] = None,
+                 device: Union[None, str, torch.device] = None, *, flops_model: Any = None,
+                 extra_candidates: int = 0, cache_mb: float = 512, channels_last: bool = False) -> None:
+        from ..supernet.supernet import unwrap
+
+        super().__init__(space, offset, extra_candidates, flops_model)
+        if recal_n < 1:
+            raise ConfigError(f"recal_n must be at least 1, got {recal_n}")
+        if eval_n is not None and eval_n < 1:
+            raise ConfigError(f"eval_n must be at least 1 or None, got {eval_n}")
+        self.supernet = supernet
+        self.net = unwrap(supernet)
+        self.recal_n, self.eval_n = int(recal_n), eval_n
+        self.device = torch.device(device) if device is not None else self.net._device()
+        self.channels_last = bool(channels_last)
+        max_bytes = int(cache_mb * 2**20)
+        self.recal = _Replay(recal_batches, self.recal_n, max_bytes)
+        self.val = _Replay(val_batches, eval_n, max_bytes)
+
+    def _evaluate(self, k: Key) -> FitnessResult:
+        tops, recal_s, eval_s = [], 0.0, 0.0
+        specs = self.candidate_specs(k)
+        for spec in specs:
+            top1, r, e = self._score(spec)
+            tops.append(top1)
+            recal_s, eval_s = recal_s + r, eval_s + e
+        best = int(np.argmax(tops))  # first maximum: ties go to the fixed pattern
+        return FitnessResult(k, tops[best], specs[best], tuple(tops), self.spec_flops(specs[best]),
+                             best, recal_s, eval_s)
+
+    def score_spec(self, spec: Optional[Mapping[int, Sequence[int]]]) -> float:
+        """D_val top-1 of one IndexSpec after BN recalibration (not cached).
+
+        The supernet keeps the recalibrated statistics of ``spec`` afterwards, so an export
+        right after it uses the very statistics that were scored.
+
+        Example:
+            >>> fit.score_spec(result.best_spec) == result.top1                  # doctest: +SKIP
+            True
+        """
+        return self._score(spec)[0]
+
+    def _score(self, spec: Optional[Mapping[int, Sequence[int]]]) -> Tuple[float, float, float]:
+        from ..supernet.bn import recalibrate_bn
+
+        t0 = time.perf_counter()
+        self.net.prepare(spec)  # gather plan: counted apart, it is paid once per spec
+        t1 = time.perf_counter()
+        counter = [0]
+        recalibrate_bn(self.supernet, spec, _counted(self.recal, counter), max_batches=self.recal_n,
+                       channels_last=self.channels_last)
+        t2 = time.perf_counter()
+        top1, n = self._top1(spec)
+        t3 = time.perf_counter()
+        st = self.stats
+        st.candidates += 1
+        st.prepare_s += t1 - t0
+        st.recal_s += t2 - t1
+        st.eval_s += t3 - t2
+        st.recal_images += counter[0]
+        st.eval_images += n
+        return top1, t2 - t1 + (t1 - t0), t3 - t2
+
+    def _top1(self, spec: Optional[Mapping[int, Sequence[int]]]) -> Tuple[float, int]:
+        net = self.net
+        modes = [(m, m.training) for m in net.modules()]
+        previous = net.spec
+        correct = total = 0
+        try:
+            net.eval()
+            net.set_subnet(spec)
+            with torch.inference_mode():
+                for batch in self.val:
+                    x, y = _xy(batch)
+                    x = x.to(self.device, non_blocking=True)
+                    if self.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    out = net(x)
+                    if isinstance(out, (tuple, list)):
+                        out = out[0]
+                    correct += int((out.argmax(1).cpu() == y.view(-1).cpu()).sum())
+                    total += int(y.numel())
+        finally:
+            net.set_subnet(previous)
+            for m, mode in modes:
+                m.training = mode
+        if total == 0:
+            raise DataError("the D_val loader is empty: nothing to evaluate the search on")
+        return correct / total, total
+
+
+def _counted(batches: Iterable[Any], counter: List[int]) -> Iterator[Any]:
+    """Pass batches through, adding their image counts to ``counter[0]``."""
+    for b in batches:
+        x = b if isinstance(b, torch.Tensor) else (_xy(b)[0])
+        counter[0] += int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() else 0
+        yield b
+
+
+__all__ = ["Fitness"]
