@@ -19,24 +19,25 @@ checkpoint's step are dropped on resume, so the log reads as one run.
 
 from __future__ import annotations
 
-import json
-import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..config import TrainConfig, changed_settings, to_dict
-from ..errors import CheckpointError, ConfigError, OutputExistsError
+from ..errors import CheckpointError, OutputExistsError
 from . import distributed
 from .checkpoint import capture_rng, fingerprint, load_checkpoint, restore_rng, save_checkpoint
 from .minmin import StepStats, minmin_step
+from .schedule import WarmupCosine, amp_setup, param_groups, total_steps
+from .train_log import Interrupts, MetricsLog
+
+__all__ = ["CHECKPOINT", "METRICS", "TrainResult", "WarmupCosine", "param_groups",
+           "seed_everything", "total_steps", "train_supernet"]
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.jsonl"
@@ -69,140 +70,145 @@ class TrainResult:
     bad_images: int
 
 
-class WarmupCosine:
-    """LR factor per step: linear warmup to 1, then cosine to 0 at ``total`` steps.
+def _open_checkpoint(run_dir: Path, resume: bool, fp: Any, config: Dict[str, Any],
+                     world_size: int) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume (None for a fresh run), after every check that can fail.
 
-    A plain object (not a lambda) so that ``LambdaLR.state_dict()`` stores its numbers.
-
-    Example:
-        >>> f = WarmupCosine(warmup=10, total=110); f(0), f(9), f(110)
-        (0.1, 1.0, 0.0)
+    Every check runs before anything is written: nothing is overwritten.
     """
-
-    def __init__(self, warmup: int, total: int):
-        self.warmup, self.total = int(warmup), int(total)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        span = max(self.total - self.warmup, 1)
-        t = min(max(step - self.warmup, 0) / span, 1.0)
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """Two SGD groups: decayed weights, and norms/biases (every tensor with < 2 dims) without.
-
-    Example:
-        >>> import torchvision
-        >>> [len(g["params"]) > 0 for g in param_groups(torchvision.models.resnet18(), 1e-4)]
-        [True, True]
-    """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    ckpt_path = run_dir / CHECKPOINT
+    if not resume:
+        if ckpt_path.exists():
+            raise OutputExistsError(f"run folder {run_dir} already holds a checkpoint; pass "
+                                    "--resume to continue it or choose another run name")
+        return None
+    if not ckpt_path.exists():
+        raise CheckpointError(f"no checkpoint to resume in {run_dir} ({ckpt_path} does not exist)")
+    ckpt = load_checkpoint(ckpt_path, fp)
+    old = ckpt.get("config") or {}
+    # Settings added by a later cafeslim are absent from older checkpoints: not a change.
+    changed = changed_settings(old, {k: v for k, v in config.items() if k in old})
+    if changed:
+        diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise CheckpointError(f"checkpoint {ckpt_path} was made with other settings ({diff}); "
+                              "resume with the run's own settings")
+    world = int((ckpt.get("extra") or {}).get("world_size", world_size))
+    if world != world_size:
+        # The data position counts per-rank batches of a sharded epoch: it means another
+        # place in the data under another number of processes.
+        raise CheckpointError(f"checkpoint {ckpt_path} was made with {world} processes, not "
+                              f"{world_size}; resume with the same torchrun --nproc_per_node")
+    return ckpt
 
 
-def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Steps the schedule covers: all epochs, or ``max_steps`` if smaller."""
-    total = cfg.epochs * steps_per_epoch
-    return min(total, cfg.max_steps) if cfg.max_steps else total
+class _Trainer:
+    """The state of one training run: model, optimizer, schedule, width RNG, step."""
 
+    def __init__(self, supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
+                 run_dir: Path, info: Any, fp: Any) -> None:
+        self.supernet, self.space, self.data, self.cfg, self.info = supernet, space, data, cfg, info
+        self.ckpt_path, self.fp, self.config = run_dir / CHECKPOINT, fp, to_dict(cfg)
+        self.device = info.device
+        self.autocast_dtype, self.scaler = amp_setup(cfg, self.device)
+        supernet.to(self.device)
+        if cfg.channels_last:
+            supernet.to(memory_format=torch.channels_last)
+        supernet.train()
+        self.optimizer = torch.optim.SGD(param_groups(supernet, cfg.weight_decay),
+                                         lr=cfg.peak_lr(info.world_size), momentum=cfg.momentum)
+        self.spe = data.steps_per_epoch
+        self.total = total_steps(cfg, self.spe)
+        # Warmup is a fraction of the schedule, so that max_steps compresses it with the rest.
+        warmup = min(int(round(self.total * cfg.warmup_epochs / cfg.epochs)), max(self.total - 1, 0))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           WarmupCosine(warmup, self.total))
+        self.rng = np.random.default_rng(cfg.seed)  # widths: identical on every rank
+        self.step = 0
+        self.saved_at = -1
 
-def _amp(cfg: TrainConfig, device: torch.device) -> tuple:
-    """(autocast dtype or None, GradScaler or None) for ``cfg.amp`` on ``device``."""
-    if cfg.amp == "off":
-        return None, None
-    if device.type != "cuda":
-        if cfg.amp == "fp16":
-            raise ConfigError("--amp fp16 needs CUDA; use --amp bf16 or off on CPU")
-        return torch.bfloat16, None  # CPU autocast supports bf16 only
-    if cfg.amp == "bf16":
-        return torch.bfloat16, None
-    return torch.float16, torch.amp.GradScaler("cuda")
+    def restore(self, ckpt: Dict[str, Any]) -> None:
+        """Model, optimizer, schedule, GradScaler, RNGs and step of a checkpoint."""
+        self.supernet.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng(ckpt["rng"], self.rng)
+        self.step = int(ckpt["step"])
 
+    def save(self) -> None:
+        """Write ``last.pt`` of the current step (rank 0 only)."""
+        if self.info.main:
+            at = self.step
+            save_checkpoint(self.ckpt_path, model=self.supernet.state_dict(),
+                            optimizer=self.optimizer.state_dict(),
+                            scheduler=self.scheduler.state_dict(),
+                            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                            rng=capture_rng(self.rng), step=at, epoch=at // self.spe,
+                            position=at % self.spe, fingerprint=self.fp, config=self.config,
+                            extra={"total_steps": self.total, "world_size": self.info.world_size})
+        self.saved_at = self.step
 
-class _Interrupts:
-    """Turns the first SIGINT/SIGTERM into a flag checked between steps.
-
-    Stopping between steps guarantees a consistent checkpoint (never half an optimizer
-    update). A second signal raises KeyboardInterrupt at once, for a user who will not wait.
-    """
-
-    def __init__(self) -> None:
-        self.flag = False
-        self._old: Dict[int, Any] = {}
-
-    def __enter__(self) -> "_Interrupts":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class _Progress:
-    """A rich progress bar on stderr (rank 0 only), or nothing."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-
-        self.bar = Progress(TextColumn("[bold]supernet"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  "
-                                       "{task.fields[ips]} img/s"),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=False)
-        self.task = self.bar.add_task("train", total=total, completed=done, loss="-", lr="-", ips="-")
-        self.bar.start()
-
-    def update(self, step: int, loss: float, lr: float, ips: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                            ips=f"{ips:.0f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines after ``step`` (they belong to the part of the run being redone)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    def checkpoint(self) -> None:
+        """Save; every rank stops together if rank 0 could not write."""
+        error = None
         try:
-            if int(json.loads(line).get("step", 0)) <= step:
-                keep.append(line)
-        except (ValueError, AttributeError):
-            continue  # a line torn by a kill: drop it
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-    tmp.replace(path)
+            self.save()
+        except OSError as exc:  # disk full, permissions: the old file stands
+            error = exc.strerror or str(exc)
+        # No rank is left waiting in the next collective.
+        if not distributed.agree(error is None):
+            raise CheckpointError(f"could not write checkpoint {self.ckpt_path}"
+                                  f"{': ' + error if error else ' (on rank 0)'}")
 
+    def train_step(self, model: nn.Module, loss_fn: Any, images: torch.Tensor,
+                   targets: torch.Tensor) -> tuple:
+        """One min-min step and the schedule's; returns (the step's lr, its stats)."""
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+        stats = minmin_step(model, self.space, images, targets, loss_fn, self.optimizer, self.cfg,
+                            self.rng, self.step / self.total, scaler=self.scaler,
+                            autocast_dtype=self.autocast_dtype)
+        self.scheduler.step()
+        self.step += 1
+        return lr, stats
 
-def _width_summary(space: Any, widths: List[tuple]) -> Dict[str, float]:
-    """Mean/min/max fraction of bins kept, over the steps of a logging interval."""
-    k = np.asarray(widths, dtype=np.float64)
-    frac = (k / space.num_bins).mean(axis=1)
-    return {"mean": round(float(frac.mean()), 4), "min": round(float(frac.min()), 4),
-            "max": round(float(frac.max()), 4)}
+    def due(self) -> bool:
+        """Whether a checkpoint is due after the current step."""
+        s, cfg = self.step, self.cfg
+        return bool(cfg.ckpt_every and s % cfg.ckpt_every == 0) or s % self.spe == 0 or s == self.total
+
+    def loop(self, model: nn.Module, log: MetricsLog, callback: Any) -> None:
+        """Train to the end of the schedule; on Ctrl-C checkpoint the last finished step."""
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        mid_step = False
+        try:
+            with Interrupts() as interrupts:
+                while self.step < self.total:
+                    epoch, position = divmod(self.step, self.spe)
+                    for images, targets in self.data.epoch_batches(epoch, position):
+                        mid_step = True
+                        lr, stats = self.train_step(model, loss_fn, images, targets)
+                        mid_step = False
+                        if callback is not None:
+                            callback(self.step, stats)
+                        log.record(self.step, lr, stats, self.cfg.log_every, self.spe)
+                        if self.due():
+                            self.checkpoint()
+                        if interrupts.flag:
+                            raise KeyboardInterrupt
+                        if self.step >= self.total:
+                            break
+        except KeyboardInterrupt:
+            # Between steps the state is consistent: keep it. In the middle of a step (a
+            # second Ctrl-C) it may not be: the last periodic checkpoint stands.
+            if not mid_step and self.saved_at != self.step:
+                self.save()
+            raise
 
 
 def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
@@ -239,157 +245,34 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
         True
     """
     run_dir = Path(run_dir)
-    ckpt_path, metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
     info = distributed.current(cfg.device)
     fp = fingerprint(model_name or type(getattr(supernet, "model", supernet)).__name__,
                      supernet.graph, space)
-    config = to_dict(cfg)
-    ckpt = None
-    # Every check that can fail runs before anything is written: nothing is overwritten.
-    if resume:
-        if not ckpt_path.exists():
-            raise CheckpointError(f"no checkpoint to resume in {run_dir} ({ckpt_path} does not exist)")
-        ckpt = load_checkpoint(ckpt_path, fp)
-        old = ckpt.get("config") or {}
-        # Settings added by a later cafeslim are absent from older checkpoints: not a change.
-        changed = changed_settings(old, {k: v for k, v in config.items() if k in old})
-        if changed:
-            diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise CheckpointError(f"checkpoint {ckpt_path} was made with other settings ({diff}); "
-                                  "resume with the run's own settings")
-        world = int((ckpt.get("extra") or {}).get("world_size", info.world_size))
-        if world != info.world_size:
-            # The data position counts per-rank batches of a sharded epoch: it means another
-            # place in the data under another number of processes.
-            raise CheckpointError(f"checkpoint {ckpt_path} was made with {world} processes, not "
-                                  f"{info.world_size}; resume with the same torchrun --nproc_per_node")
-    elif ckpt_path.exists():
-        raise OutputExistsError(f"run folder {run_dir} already holds a checkpoint; pass --resume "
-                                "to continue it or choose another run name")
-    device = info.device
-    autocast_dtype, scaler = _amp(cfg, device)
-    supernet.to(device)
-    if cfg.channels_last:
-        supernet.to(memory_format=torch.channels_last)
-    supernet.train()
-    optimizer = torch.optim.SGD(param_groups(supernet, cfg.weight_decay),
-                                lr=cfg.peak_lr(info.world_size), momentum=cfg.momentum)
-    spe = data.steps_per_epoch
-    total = total_steps(cfg, spe)
-    # Warmup is a fraction of the schedule, so that max_steps compresses it with the rest.
-    warmup = min(int(round(total * cfg.warmup_epochs / cfg.epochs)), max(total - 1, 0))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
-    rng = np.random.default_rng(cfg.seed)  # widths: identical on every rank, never seed + rank
-    step = 0
+    ckpt = _open_checkpoint(run_dir, resume, fp, to_dict(cfg), info.world_size)
+    t = _Trainer(supernet, space, data, cfg, run_dir, info, fp)
     if ckpt is not None:
-        supernet.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        restore_rng(ckpt["rng"], rng)
-        step = int(ckpt["step"])
+        t.restore(ckpt)
         del ckpt  # a second copy of the weights: free it before training
     model = distributed.wrap_ddp(supernet, info)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    main = info.main
-    if main:
+    if info.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob(f".{CHECKPOINT}.*.tmp"):
             stale.unlink(missing_ok=True)  # left by a run killed while saving
-        if resume:
-            _truncate_metrics(metrics_path, step)
-        elif metrics_path.exists():
-            metrics_path.unlink()  # a fresh run in a folder with an old log but no checkpoint
-    resumed_from = step if resume else None
-
-    def save(at_step: int) -> None:
-        if main:
-            save_checkpoint(ckpt_path, model=supernet.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict() if scaler is not None else None,
-                            rng=capture_rng(rng), step=at_step, epoch=at_step // spe,
-                            position=at_step % spe, fingerprint=fp, config=config,
-                            extra={"total_steps": total, "world_size": info.world_size})
-
-    bar = _Progress(progress and main, total, step)
-    log_fh = open(metrics_path, "a", encoding="utf-8") if main else None
-    t0, n_start = time.perf_counter(), step
-    last_log_t, losses, widths, chosen, final_loss = t0, [], [], [], float("nan")
+    resumed_from = t.step if resume else None
     global_batch = data.batch_size * info.world_size
-    saved_at, mid_step = -1, False
-    mm_cfg = cfg.minmin()
+    log = MetricsLog(run_dir / METRICS, info.main, resume, t.step, t.total, progress,
+                     global_batch, space, data)
+    t0, n_start = time.perf_counter(), t.step
     try:
-        with _Interrupts() as interrupts:
-            while step < total:
-                epoch, position = divmod(step, spe)
-                for images, targets in data.epoch_batches(epoch, position):
-                    images = images.to(device, non_blocking=True)
-                    targets = targets.to(device, non_blocking=True)
-                    if cfg.channels_last:
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-                    mid_step = True
-                    stats = minmin_step(model, space, images, targets, loss_fn, optimizer,
-                                        mm_cfg, rng, step / total, scaler=scaler,
-                                        autocast_dtype=autocast_dtype)
-                    scheduler.step()
-                    step += 1
-                    mid_step = False
-                    losses.append(stats.loss)
-                    widths.append(tuple(stats.widths))
-                    chosen.append(stats.chosen)
-                    if callback is not None:
-                        callback(step, stats)
-                    if step % cfg.log_every == 0 or step == total:
-                        now = time.perf_counter()
-                        ips = len(losses) * global_batch / max(now - last_log_t, 1e-9)
-                        final_loss = float(np.mean(losses))
-                        if log_fh is not None:
-                            log_fh.write(json.dumps({
-                                "step": step, "epoch": round(step / spe, 4), "loss": final_loss,
-                                "lr": lr, "img_s": round(ips, 2),
-                                "widths": _width_summary(space, widths),
-                                "fixed_pattern": round(chosen.count(0) / len(chosen), 4),
-                                "candidates": stats.n_candidates,
-                                "bad_images": data.bad_images}) + "\n")
-                            log_fh.flush()
-                        bar.update(step, final_loss, lr, ips)
-                        last_log_t, losses, widths, chosen = now, [], [], []
-                    if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step % spe == 0 \
-                            or step == total:
-                        error = None
-                        try:
-                            save(step)
-                            saved_at = step
-                        except OSError as exc:  # disk full, permissions: the old file stands
-                            error = exc.strerror or str(exc)
-                        # Every rank stops together if rank 0 could not write (no rank is left
-                        # waiting in the next collective).
-                        if not distributed.agree(error is None):
-                            raise CheckpointError(f"could not write checkpoint {ckpt_path}"
-                                                  f"{': ' + error if error else ' (on rank 0)'}")
-                    if interrupts.flag:
-                        raise KeyboardInterrupt
-                    if step >= total:
-                        break
-    except KeyboardInterrupt:
-        # Between steps the state is consistent: keep it. In the middle of a step (a second
-        # Ctrl-C) it may not be: the last periodic checkpoint stands.
-        if not mid_step and saved_at != step:
-            save(step)
-        raise
+        t.loop(model, log, callback)
     finally:
-        bar.close()
-        if log_fh is not None:
-            log_fh.close()
+        log.close()
     seconds = time.perf_counter() - t0
-    done = step - n_start
-    return TrainResult(steps=step, total_steps=total, epochs=step / spe, seconds=seconds,
+    done = t.step - n_start
+    return TrainResult(steps=t.step, total_steps=t.total, epochs=t.step / t.spe, seconds=seconds,
                        images_per_s=done * global_batch / seconds if seconds > 0 else 0.0,
-                       final_loss=final_loss, checkpoint=ckpt_path, resumed_from=resumed_from,
-                       bad_images=data.bad_images)
+                       final_loss=log.final_loss, checkpoint=t.ckpt_path,
+                       resumed_from=resumed_from, bad_images=data.bad_images)
 
 
 def seed_everything(seed: int) -> None:
