@@ -31,10 +31,7 @@ import functools
 import importlib
 import inspect
 import os
-import socket
 import sys
-import threading
-import urllib.request
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelNotFoundError, WeightsError
+from . import hub
 from .weights import load_weights
 
 TV_PREFIX = "tv:"
@@ -54,8 +52,6 @@ DEFAULT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _TV_NATIVE_SIZE = {"inception_v3": 299}  # architectures built for a non-224 input
-_PROBE_TIMEOUT_S = 3.0
-_DOWNLOAD_SOCKET_TIMEOUT_S = 60.0  # per blocking socket call, not per download
 
 
 @dataclass(frozen=True)
@@ -202,8 +198,8 @@ def _create_tv(arch: str, pretrained: bool, num_classes: Optional[int]) -> Model
                               f"not {num_classes}; fine-tune elsewhere and pass the weights file")
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(default_weights.url).path).name
         if not cache.is_file():
-            _require_reachable(what, default_weights.url)
-        with _download_errors(what), _quiet_init():
+            hub.require_reachable(what, default_weights.url)
+        with hub.download_errors(what), _quiet_init():
             model = tvm.get_model(arch, weights=default_weights, **kwargs)
     else:
         with _quiet_init():
@@ -286,17 +282,17 @@ def _create_timm(spec: str, pretrained: bool, num_classes: Optional[int]) -> Mod
             raise WeightsError(f"timm has no pretrained weights for {what}")
         tag = tag or cfg.tag
         if cfg.hf_hub_id:
-            why = _probe(_hf_endpoint())
+            why = hub.probe(hub.hf_endpoint())
             # Unreachable hub: still try the local cache, with the hub client in offline mode
             # so that it fails at once instead of retrying for a minute.
-            with _hf_offline(why is not None), _download_errors(what, why):
+            with hub.hf_offline(why is not None), hub.download_errors(what, why):
                 model = timm.create_model(spec, pretrained=True, **kwargs)
         else:
             if cfg.url and not cfg.file:
                 cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
                 if not cache.is_file():
-                    _require_reachable(what, cfg.url)
-            with _download_errors(what):
+                    hub.require_reachable(what, cfg.url)
+            with hub.download_errors(what):
                 model = timm.create_model(spec, pretrained=True, **kwargs)
     else:
         model = timm.create_model(spec, **kwargs)
@@ -392,82 +388,3 @@ def _accepts(fn: Any, arg: str) -> bool:
 def _suggest(word: str, candidates: List[str], prefix: str) -> str:
     close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
     return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-
-
-def _hf_endpoint() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return constants.ENDPOINT
-    except (ImportError, AttributeError):
-        return "https://huggingface.co"
-
-
-def _probe(url: str, timeout: float = _PROBE_TIMEOUT_S) -> Optional[str]:
-    """Return None if a TCP connection to the url's host (or its proxy) opens in time, else why not.
-
-    Download clients retry with backoff (huggingface_hub for about a minute) or block on an
-    unanswered connect; one short probe tells them apart from a working network up front.
-    """
-    parsed = urlparse(url)
-    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parsed.scheme) or proxies.get("all")
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxied = urlparse(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxied.hostname or host, proxied.port or 8080
-    result: Dict[str, str] = {}
-
-    def attempt() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result["ok"] = ""
-        except OSError as exc:
-            result["error"] = f"{host}:{port} unreachable ({exc})"
-
-    # getaddrinfo ignores socket timeouts, so the whole attempt runs in a thread we stop
-    # waiting for.
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout + 1.0)
-    if "ok" in result:
-        return None
-    return result.get("error", f"{host}:{port} did not answer within {timeout:.0f} s")
-
-
-def _require_reachable(what: str, url: str) -> None:
-    why = _probe(url)
-    if why is not None:
-        raise WeightsError(f"could not download pretrained weights for {what} (offline?): {why}")
-
-
-@contextmanager
-def _hf_offline(enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
-@contextmanager
-def _download_errors(what: str, why: Optional[str] = None) -> Iterator[None]:
-    """Bound blocking socket calls and turn download failures into one WeightsError."""
-    saved = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(_DOWNLOAD_SOCKET_TIMEOUT_S)
-    try:
-        yield
-    except (OSError, RuntimeError, EOFError) as exc:
-        # OSError covers urllib and huggingface_hub network errors; RuntimeError a hash
-        # mismatch or a truncated download that torch.load cannot read.
-        reason = why or " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise WeightsError(f"could not download pretrained weights for {what} (offline?): "
-                           f"{reason}") from None
-    finally:
-        socket.setdefaulttimeout(saved)

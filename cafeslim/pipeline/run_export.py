@@ -117,14 +117,8 @@ def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "
         >>> rep.top1("slimmed") == rep.recorded_top1 == rep.top1("onnx")        # doctest: +SKIP
         True
     """
-    import torch
-
-    from ..flops import count_flops, count_params
-    from ..graph import spec_from_json
     from ..export.formats import export_model, widths_info, write_widths_json
-    from ..export.slim import slim
-    from ..supernet import Supernet
-    from .objects import build, make_fitness
+    from ..flops import count_flops, count_params
     from .report import read_result
 
     if init not in INITS:
@@ -140,6 +134,42 @@ def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "
     out = Path(out_dir) if out_dir is not None else (
         run_dir / "export" if len(result["budgets"]) == 1 else run_dir / "export" / slug)
     ensure_empty_dir(out, force)
+
+    b, net, spec, small, fitness, rows = _subnet(run_dir, settings, result, entry, init)
+    x = b.info.example_input()
+    flops_before = float(b.fm.fvcore_full or count_flops(b.info.model, x))
+    flops_after = float(count_flops(small, x))
+    meta = widths_info(b.graph, spec, source=b.info.name, slim_model=small, original=b.info.model,
+                       flops=flops_after, full_flops=flops_before,
+                       extra=_provenance(run_dir, settings, result, entry, init))
+    res = export_model(small, x, out, set(formats), meta)
+    rep = RunExportReport(run_dir, out, entry["budget"], init, float(entry["top1"]),
+                          flops_before=flops_before, flops_after=flops_after,
+                          flops_predicted=float(entry["flops"]),
+                          params_before=count_params(b.info.model), params_after=count_params(small),
+                          files=[res.paths[f] for f in ("widths", *FORMATS) if f in res.paths],
+                          errors=dict(res.errors))
+    rep.parity = rows + _parity(net if init == "inherit" else None, spec, small,
+                                res.paths.get("onnx"), fitness.val, rep)
+    if init == "inherit" and "widths" in res.paths:  # what the user gets, measured on D_val
+        meta["top1_dval"] = rep.top1("slimmed")
+        write_widths_json(res.paths["widths"], meta)
+    return rep
+
+
+def _subnet(run_dir: Path, settings: Any, result: Dict[str, Any], entry: Dict[str, Any],
+            init: str) -> tuple:
+    """Rebuild the run and cut out ``entry``'s sub-network (supernet weights or fresh ones).
+
+    Returns:
+        ``(built, supernet, spec, small model in eval mode, fitness, parity rows so far)``.
+    """
+    import torch
+
+    from ..export.slim import slim
+    from ..graph import spec_from_json
+    from ..supernet import Supernet
+    from .objects import build, make_fitness
 
     b = build(settings)
     if b.info.name != result["model"]:
@@ -161,31 +191,18 @@ def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "
         for m in small.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()  # conv/linear init, BN weight 1 bias 0 and fresh statistics
-    small.eval()
-    x = b.info.example_input()
-    flops_before = float(b.fm.fvcore_full or count_flops(b.info.model, x))
-    flops_after = float(count_flops(small, x))
-    extra = {"method": f"search:{result['method']}", "run": str(run_dir),
-             "budget": entry["budget"], "init": init, "top1_recorded": entry["top1"],
-             "flops_predicted": entry["flops"], "num_classes": result.get("num_classes"),
-             "data": settings.data, "img_size": settings.train.img_size, "seed": settings.train.seed,
-             "val_split": settings.train.val_split, "pretrained": settings.pretrained,
-             "weights": settings.weights}
-    meta = widths_info(b.graph, spec, source=b.info.name, slim_model=small, original=b.info.model,
-                       flops=flops_after, full_flops=flops_before, extra=extra)
-    res = export_model(small, x, out, set(formats), meta)
-    rep = RunExportReport(run_dir, out, entry["budget"], init, float(entry["top1"]),
-                          flops_before=flops_before, flops_after=flops_after,
-                          flops_predicted=float(entry["flops"]),
-                          params_before=count_params(b.info.model), params_after=count_params(small),
-                          files=[res.paths[f] for f in ("widths", *FORMATS) if f in res.paths],
-                          errors=dict(res.errors))
-    rep.parity = rows + _parity(net if init == "inherit" else None, spec, small,
-                                res.paths.get("onnx"), fitness.val, rep)
-    if init == "inherit" and "widths" in res.paths:  # what the user gets, measured on D_val
-        meta["top1_dval"] = rep.top1("slimmed")
-        write_widths_json(res.paths["widths"], meta)
-    return rep
+    return b, net, spec, small.eval(), fitness, rows
+
+
+def _provenance(run_dir: Path, settings: Any, result: Dict[str, Any], entry: Dict[str, Any],
+                init: str) -> Dict[str, Any]:
+    """What ``widths.json`` records about the run an export came from."""
+    return {"method": f"search:{result['method']}", "run": str(run_dir),
+            "budget": entry["budget"], "init": init, "top1_recorded": entry["top1"],
+            "flops_predicted": entry["flops"], "num_classes": result.get("num_classes"),
+            "data": settings.data, "img_size": settings.train.img_size, "seed": settings.train.seed,
+            "val_split": settings.train.val_split, "pretrained": settings.pretrained,
+            "weights": settings.weights}
 
 
 def _load_weights(net: Any, path: Path, model_name: str) -> None:

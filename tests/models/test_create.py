@@ -14,9 +14,8 @@ from safetensors.torch import save_file
 from cafeslim.errors import CafeslimError, ConfigError, ModelNotFoundError, WeightsError
 from cafeslim.models import ModelInfo, create, load_weights, read_state_dict, resolve_name
 
-# `cafeslim.models.create` is the function (re-exported by the package), so reach the module
-# through importlib to patch its helpers.
-create_mod = importlib.import_module("cafeslim.models.create")
+# The network probe the offline tests replace (create() calls it through this module).
+hub_mod = importlib.import_module("cafeslim.models.hub")
 
 HERE = Path(__file__).parent
 
@@ -259,7 +258,7 @@ def test_weights_errors_are_cafeslim_errors():
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
-    monkeypatch.setattr(create_mod, "_probe", lambda url, timeout=3.0: "example.org:443 unreachable (test)")
+    monkeypatch.setattr(hub_mod, "probe", lambda url, timeout=3.0: "example.org:443 unreachable (test)")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     import huggingface_hub.constants
 
@@ -280,7 +279,7 @@ def test_pretrained_download_error_is_weights_error(monkeypatch, tmp_path):
     import urllib.error
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(create_mod, "_probe", lambda url, timeout=3.0: None)
+    monkeypatch.setattr(hub_mod, "probe", lambda url, timeout=3.0: None)
 
     def broken(*args, **kwargs):
         raise urllib.error.URLError("connection reset")
