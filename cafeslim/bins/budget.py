@@ -336,12 +336,19 @@ def random_widths(space: SearchSpace, fm: FlopsModel, budget: float, n: int,
     S = len(space.groups)
     if n <= 0 or S == 0:
         return np.zeros((max(n, 0), S), dtype=np.int64)
-    mins, K = space.min_bins, space.num_bins
     table = _stops_table(space)
     k = _tilted_start(space, fm, lo_f, hi_f, n, rng, table)
     miss = k[:, 0] < 0
     if miss.any():
         k[miss] = _ray_start(space, fm, lo_f, hi_f, int(miss.sum()), rng)
+    return _walk(space, fm, k, table, lo_f, hi_f, rng, sweeps * S)
+
+
+def _walk(space: SearchSpace, fm: FlopsModel, k: np.ndarray, table: np.ndarray, lo_f: float,
+          hi_f: float, rng: np.random.Generator, steps: int) -> np.ndarray:
+    """Step 2 of :func:`random_widths`: ``steps`` Metropolis steps of every chain at once."""
+    n, S = k.shape
+    mins, K = space.min_bins, space.num_bins
     W = table[np.arange(S), k]
     rows = np.arange(n)
     span = K - mins + 1
@@ -349,7 +356,7 @@ def random_widths(space: SearchSpace, fm: FlopsModel, budget: float, n: int,
     movable = np.flatnonzero(K > mins)
     if not len(movable):
         return k
-    for _ in range(sweeps * S):
+    for _ in range(steps):
         # kind < 0.2: re-draw group i; < 0.5: move i by ±a; else: move i by ±a and j by ∓a.
         # Each proposal is its own inverse's mirror (same i, j, a; opposite sign), so symmetric.
         kind = rng.random(n)
