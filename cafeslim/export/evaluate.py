@@ -186,6 +186,30 @@ def _latencies(models: Sequence[Any], onnx_paths: Sequence[Optional[Path]], shap
     return out
 
 
+def _accuracy_metrics(rep: EvalReport, data: str, info: Any, model: Any, original: Any,
+                      exported: bool, meta: Dict[str, Any], batch_size: int) -> None:
+    """Top-1/top-5 of ``model`` (and of the original when it has real weights) on ``val/``."""
+    from ..config import TrainConfig
+    from ..data import build_data
+
+    shape = tuple(info.input_size)
+    # Only the held-out split is read: no D_val needed (val_split 0).
+    cfg = TrainConfig(batch_size=batch_size, workers=4, seed=int(meta.get("seed") or 0),
+                      val_split=0.0, img_size=shape[-1], device="cpu")
+    loaders = build_data(data, info, cfg)
+    if loaders.test is None:
+        raise DataError(f"{data} has no val/ folder to evaluate on")
+    t1, t5, rep.images = _accuracy(model, loaders.test)
+    real = bool(meta.get("pretrained") or meta.get("weights")) or not exported
+    o1, o5 = _accuracy(original, loaders.test)[:2] if real and exported else (None, None)
+    if not exported:
+        o1, o5 = t1, t5
+    elif not real:
+        rep.notes.append("the original has random weights: its accuracy is not measured")
+    rep.data = str(data)
+    rep.metrics += [Metric("top1", t1, o1, "%"), Metric("top5", t5, o5, "%")]
+
+
 def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[int] = (1, 32),
              repeats: int = 20, max_seconds: float = 3.0, batch_size: int = 64,
              threads: Optional[int] = None) -> EvalReport:
@@ -213,8 +237,7 @@ def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[i
     """
     import torch
 
-    from ..config import TrainConfig
-    from ..data import build_data
+    from ..data import dataset_classes
     from ..flops import count_flops, count_params
     from ..models import create
     from ..pipeline.objects import at_size
@@ -230,8 +253,6 @@ def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[i
             num_classes = int(small(torch.zeros(1, *shape)).shape[-1])
     data = data or meta.get("data")
     if small is None and data is not None:
-        from ..data import dataset_classes
-
         num_classes = len(dataset_classes(data))
     info = create(source, pretrained=bool(meta.get("pretrained")), weights=meta.get("weights"),
                   num_classes=num_classes)
@@ -243,21 +264,7 @@ def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[i
     rep = EvalReport(target=str(folder or target), source=info.name, input_size=shape,
                      threads=torch.get_num_threads())
     if data is not None:
-        # Only the held-out split is read: no D_val needed (val_split 0).
-        cfg = TrainConfig(batch_size=batch_size, workers=4, seed=int(meta.get("seed") or 0),
-                          val_split=0.0, img_size=shape[-1], device="cpu")
-        loaders = build_data(data, info, cfg)
-        if loaders.test is None:
-            raise DataError(f"{data} has no val/ folder to evaluate on")
-        t1, t5, rep.images = _accuracy(model, loaders.test)
-        real = bool(meta.get("pretrained") or meta.get("weights")) or small is None
-        o1, o5 = _accuracy(original, loaders.test)[:2] if real and small is not None else (None, None)
-        if small is None:
-            o1, o5 = t1, t5
-        elif not real:
-            rep.notes.append("the original has random weights: its accuracy is not measured")
-        rep.data = str(data)
-        rep.metrics += [Metric("top1", t1, o1, "%"), Metric("top5", t5, o5, "%")]
+        _accuracy_metrics(rep, data, info, model, original, small is not None, meta, batch_size)
     else:
         rep.notes.append("no data: pass --data demo|DIR to measure accuracy")
     x = torch.zeros(1, *shape)
