@@ -19,7 +19,8 @@ from .formats import (
     write_widths_json,
 )
 from .pipeline import UniformExportReport, uniform_export
-from .slim import gather_indices, module_attributes, patched_attributes, slim, sliced_state
+from ..graph.indices import gather_indices
+from .slim import module_attributes, patched_attributes, slim, sliced_state
 
 __all__ = [
     "ExportError",

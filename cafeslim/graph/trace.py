@@ -18,13 +18,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import TraceError
+from ..ops import registry
 
 MAX_LEAF_FALLBACKS = 30
-
-# Modules with channel rules in rules.py; everything else in torch.nn is a leaf too
-# (fx's default), and is opaque unless rules.py knows it.
-_BN_LIKE_NAMES = ("BatchNormAct", "FrozenBatchNorm", "InplaceAbn", "SyncBatchNormAct")
-
 
 def _timm_notrace() -> Tuple[Tuple[type, ...], Tuple]:
     try:
@@ -34,17 +30,6 @@ def _timm_notrace() -> Tuple[Tuple[type, ...], Tuple]:
     return tuple(get_notrace_modules()), tuple(get_notrace_functions())
 
 
-def is_std_conv(module: nn.Module) -> bool:
-    """Weight-standardised convs normalise each filter over its input channels."""
-    return isinstance(module, nn.modules.conv._ConvNd) and "Std" in type(module).__name__
-
-
-def is_bn_like(module: nn.Module) -> bool:
-    """BatchNorm subclasses and timm's fused BN+activation modules."""
-    return isinstance(module, nn.modules.batchnorm._BatchNorm) or any(
-        s in type(module).__name__ for s in _BN_LIKE_NAMES)
-
-
 class _Tracer(fx.Tracer):
     def __init__(self, leaves: Set[str], notrace_modules: Tuple[type, ...], autowrap: Tuple):
         super().__init__(autowrap_functions=autowrap)
@@ -52,7 +37,8 @@ class _Tracer(fx.Tracer):
         self.notrace_modules = notrace_modules
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if qualname in self.extra_leaves or is_bn_like(m) or is_std_conv(m):
+        # Handlers say which modules stay single calls (BN-likes, weight-standardised convs).
+        if qualname in self.extra_leaves or registry.is_leaf(m):
             return True
         # timm's own no-trace modules are leaves only when they are convs/norms with rules;
         # the others are traced through so their channels stay searchable.
