@@ -29,6 +29,14 @@ def std_conv_types() -> Tuple[type, ...]:
     return _STD_CONVS
 
 
+def _timm_notrace_modules() -> Tuple[type, ...]:
+    try:
+        from timm.models._features_fx import get_notrace_modules
+    except ImportError:  # timm missing or too old
+        return ()
+    return tuple(get_notrace_modules())
+
+
 def register_std_conv(cls: type) -> None:
     """Mark a conv class as weight-standardised (it normalises each filter over its inputs).
 
@@ -102,8 +110,10 @@ class ConvHandler(OpHandler):
 
     def leaf(self, module: nn.Module) -> bool:
         # A weight-standardised conv's forward normalises its weight; as one call it keeps
-        # the conv rule (and its std cost) instead of a graph of weight arithmetic.
-        return is_std_conv(module)
+        # the conv rule (and its std cost) instead of a graph of weight arithmetic. timm's own
+        # no-trace modules are leaves only when they are convs (the others are traced through,
+        # so that their channels stay searchable).
+        return is_std_conv(module) or isinstance(module, _timm_notrace_modules())
 
     def trace(self, ctx, node: fx.Node, module: Optional[nn.Module] = None):
         x = ctx.value(node.args[0]) if node.args else None

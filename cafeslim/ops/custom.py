@@ -59,7 +59,7 @@ class _CustomModule(OpHandler):
             names = ("out_channels", "in_channels") if self.like == "conv" else ("out_features", "in_features")
             if self.like == "conv" and getattr(module, "groups", 1) != 1:
                 return self._base.slim_attrs(module, shape)
-            return {n: w[i] * 1 for i, n in enumerate(names) if isinstance(getattr(module, n, None), int)}
+            return {n: w[i] for i, n in enumerate(names) if isinstance(getattr(module, n, None), int)}
         if self._base is not None:
             return self._base.slim_attrs(module, shape)
         if self.channels_attr and self.params:
@@ -151,8 +151,11 @@ def register_op(target: Optional[Target] = None, handler: Optional[OpHandler] = 
         ... class MyAct(nn.Module): ...
     """
     if target is None:
-        return lambda cls: (register_op(cls, handler, like=like, params=params, axis=axis,
-                                        channels_attr=channels_attr, override=override), cls)[1]
+        def decorate(cls: type) -> type:
+            register_op(cls, handler, like=like, params=params, axis=axis, channels_attr=channels_attr,
+                        override=override)
+            return cls
+        return decorate
     if isinstance(target, type) and issubclass(target, OpHandler):
         add_handler(target(), override=override)
         return target

@@ -75,10 +75,12 @@ class OpHandler:
         uses_sizes: False for ops that read sizes rather than use them (``x.size(1)``).
 
     Example:
-        >>> class Scale(OpHandler):          # y = x * self.scale[None, :, None, None]
-        ...     modules = (ScaleModule,)
-        ...     def trace(self, ctx, node, module=None):
-        ...         return per_channel(ctx, node, str(node.target), ["scale"])
+        >>> from cafeslim.graph.rules import passthrough
+        >>> class Swish(OpHandler):                 # a leaf activation: channels pass through
+        ...     modules = (MySwish,)
+        ...     def leaf(self, module): return True
+        ...     def trace(self, ctx, node, module=None): return passthrough(ctx, node)
+        >>> register_op(Swish())                    # doctest: +SKIP
     """
 
     modules: Tuple[type, ...] = ()
@@ -162,6 +164,9 @@ def add_handler(handler: OpHandler, *, override: bool = False) -> OpHandler:
 
     Raises:
         ConfigError: a type, name or kind already has a handler (unless ``override``).
+
+    Example:
+        >>> h = add_handler(MyHandler())            # doctest: +SKIP
     """
     _load_builtins()
     if not isinstance(handler, OpHandler):
@@ -184,7 +189,11 @@ def add_handler(handler: OpHandler, *, override: bool = False) -> OpHandler:
 
 
 def remove_handler(handler: OpHandler) -> None:
-    """Undo :func:`add_handler` (handlers it had replaced do not come back)."""
+    """Undo :func:`add_handler` (handlers it had replaced do not come back).
+
+    Example:
+        >>> remove_handler(h)                       # doctest: +SKIP
+    """
     for table in (_REG.by_type, _REG.by_function, _REG.by_kind):
         for k in [k for k, h in table.items() if h is handler]:
             del table[k]
@@ -212,7 +221,12 @@ def registry_snapshot() -> Iterator[None]:
 
 
 def handlers() -> List[OpHandler]:
-    """Every registered handler, in registration order."""
+    """Every registered handler, in registration order.
+
+    Example:
+        >>> "ConvHandler" in [h.name for h in handlers()]
+        True
+    """
     _load_builtins()
     return list(_REG.handlers)
 
@@ -238,35 +252,55 @@ def module_handler(module: nn.Module) -> Optional[OpHandler]:
 
 
 def function_handler(name: str) -> Optional[OpHandler]:
-    """The handler of a function or method name (``"conv2d"``, ``"view"``), if any."""
+    """The handler of a function or method name (``"conv2d"``, ``"view"``), if any.
+
+    Example:
+        >>> function_handler("view").name
+        'ReshapeHandler'
+    """
     _load_builtins()
     return _REG.by_function.get(name)
 
 
 def kind_handler(kind: str) -> Optional[OpHandler]:
-    """The handler that costs records of ``kind`` (an :class:`OpKind` value)."""
+    """The handler that costs records of ``kind`` (an :class:`OpKind` value).
+
+    Example:
+        >>> kind_handler(OpKind.CONV).name
+        'ConvHandler'
+    """
     _load_builtins()
     return _REG.by_kind.get(str(kind))
 
 
+def _record_handler(op: Any) -> Optional[OpHandler]:
+    h = _REG.by_kind.get(op.kind)
+    if h is None:
+        kind, name = split_kind(op.kind, getattr(op, "name", ""))
+        if kind == OpKind.OTHER:
+            h = _REG.by_kind.get(f"other:{name}")
+    return h
+
+
 def op_cost(op: Any, form: FormFn, modules: Optional[Mapping[str, nn.Module]] = None) -> Optional[Cost]:
-    """fvcore's cost of one op record, from the handler of its kind (or of its function name).
+    """fvcore's cost of one op record, from the handler of its kind (``other:NAME`` for others).
 
     Example:
         >>> op_cost(graph.ops[0], fm._form)          # doctest: +SKIP
         (118013952.0, [((), 3.0), (((0, 1.0),), 0.0)])
     """
-    kind, name = split_kind(op.kind, getattr(op, "name", ""))
-    _load_builtins()
-    h = _REG.by_kind.get(kind if kind != OpKind.OTHER else f"other:{name}")
+    if not _loaded:
+        _load_builtins()
+    h = _record_handler(op)
     return h.cost(op, form, modules or {}) if h is not None else None
 
 
-def is_constant_cost(op: Any, notrace: Mapping[str, Any] | frozenset = frozenset()) -> bool:
+def is_constant_cost(op: Any, notrace: frozenset = frozenset()) -> bool:
     """Records costed as constants from fvcore: opaque ones, calls to functions tracing keeps
     whole (timm's no-trace functions, whose insides fvcore counts but the graph cannot see), and
     records whose handler says their tensors do not suffice (an einsum with listed operands)."""
-    _load_builtins()
+    if not _loaded:
+        _load_builtins()
     kind, name = split_kind(op.kind, getattr(op, "name", ""))
     if kind == OpKind.OPAQUE or (kind == OpKind.OTHER and name in notrace):
         return True
@@ -275,6 +309,11 @@ def is_constant_cost(op: Any, notrace: Mapping[str, Any] | frozenset = frozenset
 
 
 def is_leaf(module: nn.Module) -> bool:
-    """True when tracing keeps ``module`` as one call (its handler's :meth:`OpHandler.leaf`)."""
+    """True when tracing keeps ``module`` as one call (its handler's :meth:`OpHandler.leaf`).
+
+    Example:
+        >>> is_leaf(nn.BatchNorm2d(4)), is_leaf(nn.ReLU())
+        (True, False)
+    """
     h = module_handler(module)
     return h is not None and h.leaf(module)
