@@ -301,11 +301,11 @@ def is_constant_cost(op: Any, notrace: frozenset = frozenset()) -> bool:
     records whose handler says their tensors do not suffice (an einsum with listed operands)."""
     if not _loaded:
         _load_builtins()
+    h = _REG.by_kind.get(op.kind)
+    if h is not None:               # the common case: a costed kind, no name to look at
+        return h.constant_cost(op)
     kind, name = split_kind(op.kind, getattr(op, "name", ""))
-    if kind == OpKind.OPAQUE or (kind == OpKind.OTHER and name in notrace):
-        return True
-    h = _REG.by_kind.get(kind)
-    return h is not None and h.constant_cost(op)
+    return kind == OpKind.OPAQUE or (kind == OpKind.OTHER and name in notrace)
 
 
 def is_leaf(module: nn.Module) -> bool:
