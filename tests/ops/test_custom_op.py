@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cafeslim.errors import ConfigError
+from cafeslim.export import slim
 from cafeslim.export.verify import check_model
 from cafeslim.graph import analyze
 from cafeslim.ops import module_handler, register_op, registered_op, registry_snapshot, unregister_op
@@ -71,16 +72,30 @@ class _MyLinear(nn.Module):
         return x @ self.weight.t() + self.bias if x.shape[0] > 0 else x
 
 
+class _MyConv(nn.Module):
+    def __init__(self, i, o):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(o, i, 3, 3) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(o))
+        self.out_channels = o
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(x, self.weight, self.bias) if x.shape[0] > 0 else x
+
+
 def test_register_variants_slim_their_layers():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), _Gate(8), nn.Conv2d(8, 6, 1), nn.Flatten(2), nn.AdaptiveAvgPool1d(1),
+    net = nn.Sequential(_MyConv(3, 8), _Gate(8), nn.Conv2d(8, 6, 1), nn.Flatten(2), nn.AdaptiveAvgPool1d(1),
                         nn.Flatten(1), _MyLinear(6, 5), nn.ReLU(), _MyLinear(5, 3))
     x = torch.randn(1, 3, 8, 8)
-    with registered_op(_Gate, params=["w"], channels_attr="num_channels"), registered_op(_MyLinear, like="linear"):
+    with registered_op(_Gate, params=["w"], channels_attr="num_channels"), registered_op(_MyLinear, like="linear"), \
+            registered_op(_MyConv, like="conv"):
         graph = analyze(net, x)
         assert len(graph.searchable) == 3
+        small = slim(net, graph, graph.prefix_spec({g.id: g.channels // 2 for g in graph.searchable}))
+        assert small[0].out_channels == 4 and small[1].num_channels == 4 and small[6].weight.shape == (2, 3)
         report = check_model(net, x, "variants", n_specs=2, formats=False)
         assert report.passed, {k: report.details.get(k) for k, ok in report.properties.items() if not ok}
-    assert module_handler(net[1]) is None and module_handler(net[6]) is None
+    assert module_handler(net[0]) is None and module_handler(net[1]) is None and module_handler(net[6]) is None
 
 
 def test_register_op_errors_and_unregister():
