@@ -18,7 +18,8 @@ from .formats import (
     widths_info,
     write_widths_json,
 )
-from .slim import gather_indices, module_attributes, patched_attributes, slim, sliced_state
+from ..graph.indices import gather_indices
+from .slim import module_attributes, patched_attributes, slim, sliced_state
 
 __all__ = [
     "ExportError",

@@ -17,24 +17,17 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 from torch import nn
 
 from ..errors import SpecError, TraceError
 from ..graph.channel_graph import ChannelGraph, OpRecord, TensorDesc
+from ..ops.registry import Cost, Form, is_constant_cost, op_cost
 from .count import Inputs, count_flops_by_module
 
-Form = Tuple[Tuple[Tuple[int, float], ...], float]
-"""A linear form ``sum_i a_i * w_i + c`` as ``(((i, a_i), ...), c)`` (i: searchable index)."""
-Cost = Tuple[float, List[Form]]
-"""``coef * prod(forms)``."""
-
-# fvcore's per-element factors (jit_handles.py): layer/group/instance norm count 5 per element
-# with an affine weight and 4 without; eval batch norm 2 and 1; bilinear upsampling 4.
-_NORM = {"layer_norm", "group_norm", "instance_norm"}
+# Each op's cost formula (fvcore's jit_handles.py) lives with its handler in cafeslim/ops.
 
 
 class FlopsModel:
@@ -76,10 +69,10 @@ class FlopsModel:
         modules = dict(model.named_modules()) if model is not None else {}
         opaque, notrace = [], _notrace_names()
         for op in graph.ops:
-            if _is_opaque(op, notrace):
+            if is_constant_cost(op, notrace):
                 opaque.append(op)
                 continue
-            cost = op_cost(op, self._form, _std(op, modules))
+            cost = op_cost(op, self._form, modules)
             if cost is not None:
                 self._check_full(op)
                 self._op_costs.append((op.module, cost))
@@ -328,28 +321,7 @@ class FlopsModel:
         return out
 
 
-# -------------------------------------------------------------------- per-op costs (fvcore)
-
-def _numel(desc: TensorDesc, form) -> List[Form]:
-    return [form(desc, d) for d in range(len(desc.shape))]
-
-
-def _tensors(op: OpRecord) -> List[TensorDesc]:
-    return [d for d in op.inputs if d is not None]
-
-
-def _is_opaque(op: OpRecord, notrace: frozenset = frozenset()) -> bool:
-    """Ops costed as constants from fvcore: opaque ones, calls to functions that tracing keeps
-    whole (timm's registered no-trace functions, e.g. mvitv2's ``cal_rel_pos_type``, whose
-    einsums fvcore counts but the graph cannot see), and ops whose operands the record does not
-    hold (``einsum(eq, [a, b])`` passes its operands in a list)."""
-    if op.kind == "opaque" or (op.kind.startswith("other:") and op.kind[6:] in notrace):
-        return True
-    if op.kind == "einsum":
-        lhs = str(op.attrs.get("equation") or "").split("->")[0]
-        return not lhs or len(_tensors(op)) < len(lhs.split(","))
-    return False
-
+# -------------------------------------------------------------------- helpers
 
 def _notrace_names() -> frozenset:
     """Names of the functions timm asks fx to keep as single calls (those imported so far)."""
@@ -358,129 +330,3 @@ def _notrace_names() -> frozenset:
     except ImportError:
         return frozenset()
     return frozenset(getattr(f, "__name__", "") for f in get_notrace_functions())
-
-
-def _std(op: OpRecord, modules: Mapping[str, nn.Module]) -> int:
-    """Per-element cost of a conv's weight standardisation (0 for a plain conv).
-
-    timm's StdConv2d/ScaledStdConv2d normalise their weight with ``F.batch_norm(training=True)``
-    on every call, which fvcore counts as 4 per weight element, 5 with the gain as its affine
-    weight. Taken from ``attrs["std"]`` (bool, or ``"gain"``) or else from the module's class.
-    """
-    if op.kind != "conv":
-        return 0
-    std = op.attrs.get("std")
-    if std is None:
-        mod = modules.get(op.module)
-        if mod is None or "Std" not in type(mod).__name__:
-            return 0
-        std = "gain" if getattr(mod, "gain", None) is not None else True
-    return 0 if not std else 5 if std == "gain" else 4
-
-
-def op_cost(op: OpRecord, form, std: int = 0) -> Optional[Cost]:
-    """fvcore's cost of one op as ``coef * prod(forms)``; None when fvcore counts nothing.
-
-    ``form(desc, dim)`` turns one tensor size into a linear form (see
-    :meth:`FlopsModel._form`); ``std`` is the per-weight-element cost of weight standardisation
-    (see :func:`_std`). The formulas follow ``fvcore/nn/jit_handles.py``.
-    """
-    kind, a = op.kind, op.attrs
-    ins = _tensors(op)
-    if kind == "conv":
-        # conv_flop_count: N * prod(weight) * prod(out spatial) (input spatial when transposed);
-        # weight is [out, in/groups, *k] ([in, out/groups, *k] transposed): either way
-        # N * in * out / groups * prod(k). Depthwise convs keep in/groups == 1 at any width.
-        # Weight standardisation adds std * numel(weight), the same product without N * spatial.
-        x, y = ins[0], op.output
-        spatial = (x if a.get("transposed") else y).shape[2:]
-        coef = float((x.shape[0] * math.prod(spatial) + std) * math.prod(a["kernel"]))
-        if a.get("depthwise"):
-            return coef, [form(y, 1)]
-        return coef / a.get("groups", 1), [form(x, 1), form(y, 1)]
-    if kind == "linear":
-        # linear_flop_jit: numel(input) * out_features (bias not counted).
-        y = op.output
-        return 1.0, _numel(ins[0], form) + [form(y, len(y.shape) - 1)]
-    if kind == "matmul":
-        name = str(a.get("op", "matmul")).lower().rsplit(".", 1)[-1].replace("aten::", "").strip("_")
-        if name in ("addmm",):
-            ins = ins[-2:]           # addmm(bias, m1, m2): addmm_flop_jit ignores the bias
-        elif name == "rmatmul":
-            ins = ins[::-1]
-        elif name not in ("matmul", "mm", "bmm", "@"):
-            return None              # baddbmm, addbmm, mv, dot, ...: no fvcore handle
-        # matmul_flop_jit / bmm_flop_jit: numel(A) * B.shape[-1].
-        A, B = ins[0], ins[1]
-        return 1.0, _numel(A, form) + [form(B, len(B.shape) - 1)]
-    if kind == "einsum":
-        return _einsum_cost(str(a["equation"]), ins, form)
-    if kind == "batch_norm":
-        # batchnorm_flop_jit: eval uses 2/1 per element; training mode (or no running stats,
-        # which makes eval call batch_norm with training=True) uses the generic norm count.
-        affine = a.get("affine", True)
-        per = (5 if affine else 4) if a.get("training", False) else (2 if affine else 1)
-        return float(per), _numel(ins[0], form)
-    if kind in _NORM:
-        return float(5 if a.get("affine", True) else 4), _numel(ins[0], form)
-    if kind == "upsample":
-        # Only aten::upsample_nearest2d (x1) and upsample_bilinear2d (x4 of the output) count.
-        y = op.output
-        per = {"nearest": 1, "bilinear": 4}.get(str(a.get("mode", "nearest")))
-        if per is None or len(y.shape) != 4:
-            return None
-        return float(per), _numel(y, form)
-    if kind == "adaptive_avg_pool":
-        # Only aten::adaptive_avg_pool2d counts (numel of its input); the 1-D and 3-D ops do not.
-        x = ins[0]
-        if _pool_dims(a, len(x.shape)) != 2:
-            return None
-        return 1.0, _numel(x, form)
-    if kind == "other:grid_sample":
-        return 4.0, _numel(op.output, form)   # aten::grid_sampler, assumed bilinear by fvcore
-    return None
-
-
-def _einsum_cost(equation: str, ins: Sequence[TensorDesc], form) -> Optional[Cost]:
-    """einsum_flop_jit: the product of every index size for two-operand contractions.
-
-    fvcore asks numpy's optimal path for its FLOP count and halves it; for one contraction that
-    is ``prod(all index sizes) * op_factor / 2`` (op_factor 2 with a summed index), printed with
-    4 significant digits. The factor is taken at full size, so the (at most 0.05 %) rounding and,
-    for three or more operands, a path that would change with the widths are not modelled.
-    """
-    eq = equation.replace(" ", "")
-    lhs = eq.split("->")[0].split(",")
-    sizes: Dict[str, Form] = {}
-    full: Dict[str, int] = {}
-    for spec, d in zip(lhs, ins):
-        n_ell = len(d.shape) - (len(spec) - (3 if "..." in spec else 0))
-        letters = spec.replace("...", "".join(chr(0x100 + i) for i in range(max(n_ell, 0))))
-        for dim, ch in enumerate(letters):
-            if ch not in sizes or full[ch] == 1:    # broadcast size-1 dims defer to the real one
-                sizes[ch] = form(d, dim)
-                full[ch] = d.shape[dim]
-    if len(lhs) == 2 and _canonical(eq) in ("abc,abd->acd", "abc,adc->adb"):
-        return 1.0, list(sizes.values())         # fvcore's exact special cases
-    arrays = [np.zeros(d.shape) for d in ins[:len(lhs)]]
-    text = np.einsum_path(eq, *arrays, optimize="optimal")[1]
-    counted = next(float(line.split(":")[-1]) for line in text.split("\n")
-                   if "optimized flop" in line.lower())
-    prod = float(math.prod(full.values()))
-    return math.floor(counted / 2) / prod if prod else 0.0, list(sizes.values())
-
-
-def _pool_dims(attrs: Mapping, ndim: int) -> int:
-    """Spatial dims of an adaptive pool: ``attrs['dims']``, else the output size's length, else
-    the input rank (4-D -> 2, 5-D -> 3; a 3-D input is taken as the batched 1-D case)."""
-    if attrs.get("dims"):
-        return int(attrs["dims"])
-    size = attrs.get("output_size")
-    if isinstance(size, (tuple, list)):
-        return len(size)
-    return {4: 2, 5: 3}.get(ndim, 1)
-
-
-def _canonical(eq: str) -> str:
-    order = OrderedDict((k, 0) for k in eq if k.isalpha()).keys()
-    return eq.translate({ord(x): 97 + i for i, x in enumerate(order)})

@@ -114,13 +114,16 @@ class OpRecord:
 
     Attributes:
         node: the fx node name.
-        kind: normalised op name (``conv``, ``linear``, ``matmul``, ``batch_norm``,
-            ``layer_norm``, ``group_norm``, ``instance_norm``, ``upsample``,
-            ``adaptive_avg_pool``, ``opaque`` ...).
+        kind: a :class:`cafeslim.ops.OpKind` (a ``str``: ``conv``, ``linear``, ``matmul``,
+            ``batch_norm``, ``layer_norm``, ``group_norm``, ``instance_norm``, ``upsample``,
+            ``adaptive_avg_pool``, ``opaque``, ``other`` ...).
         module: qualified name of the module that ran it (``""`` for functions at the root).
         inputs: descriptions of the tensor inputs, in call order.
         output: description of the (first) tensor output.
         attrs: op parameters the cost depends on (``groups``, ``kernel``, ``affine``, ...).
+        name: the function, method or module name that ran (``grid_sample``, ``layer1.0.relu``):
+            what an ``other`` record is. Records of earlier versions wrote ``other:NAME`` as
+            their kind instead (:func:`cafeslim.ops.split_kind` reads both).
     """
 
     node: str
@@ -129,6 +132,7 @@ class OpRecord:
     inputs: Tuple[Optional[TensorDesc], ...]
     output: Optional[TensorDesc]
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
 
 
 @dataclass

@@ -7,14 +7,14 @@ told where the weight and bias live.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import torch.fx as fx
 from torch import nn
 
+from ..ops.registry import OpKind
 from .rules import Ctx, ParamRef, opaque, passthrough, shape_of
 from .state import Desc
-from .trace import is_bn_like, is_std_conv
 
 
 def _need_axis(ctx: Ctx, node: fx.Node, x, axis: int, what: str) -> Optional[Desc]:
@@ -35,7 +35,7 @@ def conv(ctx: Ctx, node: fx.Node, x, module: str, weight_shape, groups: int, has
     out_shape = shape_of(out_meta)
     out_ch = weight_shape[1] * groups if transposed else weight_shape[0]
     in_ch = weight_shape[0] if transposed else weight_shape[1] * groups
-    ctx.kind = "conv"
+    ctx.kind = OpKind.CONV
     ctx.attrs = {"groups": groups, "kernel": tuple(weight_shape[2:]), "transposed": transposed,
                  "depthwise": groups > 1 and groups == in_ch == out_ch,
                  "std": ("gain" if "gain" in extras else True) if std else False}
@@ -76,18 +76,9 @@ def conv(ctx: Ctx, node: fx.Node, x, module: str, weight_shape, groups: int, has
     return out
 
 
-def _per_output(mod: nn.Module, out_ch: int):
-    """Other tensors of a conv module with one entry per output channel (a ScaledStdConv's gain)."""
-    names = []
-    for name, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
-        if name not in ("weight", "bias") and t.dim() >= 1 and t.shape[0] == out_ch and t.numel() == out_ch:
-            names.append(name)
-    return tuple(names)
-
-
 def linear(ctx: Ctx, node: fx.Node, x, module: str, weight_shape, has_bias: bool):
     out_shape = shape_of(node.meta.get("tensor_meta"))
-    ctx.kind, ctx.attrs = "linear", {"bias": has_bias}
+    ctx.kind, ctx.attrs = OpKind.LINEAR, {"bias": has_bias}
     last = len(out_shape) - 1
     if isinstance(x, Desc) and x.axis == len(x.shape) - 1:
         ctx.state.add_member(x, module, "weight", 1, "in")
@@ -101,9 +92,13 @@ def linear(ctx: Ctx, node: fx.Node, x, module: str, weight_shape, has_bias: bool
 
 
 def norm(ctx: Ctx, node: fx.Node, x, module: str, kind: str, names, axis: int, *,
-         blocks: int = 1, updatable: bool = True):
-    """A per-channel norm: its affine params and statistics join the input's groups."""
+         blocks: int = 1, updatable: bool = True, label: str = ""):
+    """A per-channel norm: its affine params and statistics join the input's groups.
+
+    ``kind`` is the record's :class:`OpKind`; ``label`` names the op in fix reasons.
+    """
     ctx.kind = kind
+    kind = label or str(kind)
     ctx.attrs = {"affine": "weight" in names}
     out_shape = shape_of(node.meta.get("tensor_meta"))
     if not isinstance(x, Desc):
@@ -120,12 +115,13 @@ def norm(ctx: Ctx, node: fx.Node, x, module: str, kind: str, names, axis: int, *
             ctx.state.set_blocks(x.segs, blocks, f"{kind} '{module}' groups do not fit")
     for n in names:
         ctx.state.add_member(x, module, n, 0, "norm")
-    if kind == "layer_norm" and "weight" not in names:
+    if ctx.kind == OpKind.LAYER_NORM and "weight" not in names:
         ctx.state.add_member(x, module, "normalized_shape", 0, "attr")
     return x.with_axis(out_shape, x.axis)
 
 
-def _existing(mod: nn.Module, names, channels: int):
+def existing(mod: nn.Module, names: Sequence[str], channels: int) -> list:
+    """Those of ``names`` that are 1-D tensors of ``channels`` entries on ``mod``."""
     out = []
     for n in names:
         t = getattr(mod, n, None)
@@ -134,99 +130,21 @@ def _existing(mod: nn.Module, names, channels: int):
     return out
 
 
-def call_module(ctx: Ctx, node: fx.Node, mod: nn.Module):
-    """Rules for leaf modules; None when the module has no rule here."""
-    x = ctx.value(node.args[0]) if node.args else None
-    path = node.target
-    if isinstance(mod, nn.modules.conv._ConvNd):
-        return conv(ctx, node, x, path, tuple(mod.weight.shape), mod.groups, mod.bias is not None,
-                    std=is_std_conv(mod), transposed=mod.transposed,
-                    extras=_per_output(mod, mod.out_channels))
-    if isinstance(mod, nn.Linear):
-        return linear(ctx, node, x, path, tuple(mod.weight.shape), mod.bias is not None)
-    if is_bn_like(mod):
-        c = getattr(mod, "num_features", None) or (x.channels if isinstance(x, Desc) else 0)
-        names = _existing(mod, ("weight", "bias", "running_mean", "running_var"), c)
-        return norm(ctx, node, x, path, "batch_norm", names, 1)
-    if isinstance(mod, nn.LayerNorm):
-        if len(mod.normalized_shape) != 1:
-            return opaque(ctx, node, f"LayerNorm over {len(mod.normalized_shape)} dims")
-        names = _existing(mod, ("weight", "bias"), mod.normalized_shape[0])
-        return norm(ctx, node, x, path, "layer_norm", names, -1)
-    if isinstance(mod, nn.GroupNorm):
-        names = _existing(mod, ("weight", "bias"), mod.num_channels)
-        return norm(ctx, node, x, path, "group_norm", names, 1, blocks=mod.num_groups)
-    if isinstance(mod, nn.modules.instancenorm._InstanceNorm):
-        names = _existing(mod, ("weight", "bias", "running_mean", "running_var"), mod.num_features)
-        return norm(ctx, node, x, path, "instance_norm", names, 1)
-    if isinstance(mod, nn.PReLU):
-        if mod.num_parameters == 1:
-            return passthrough(ctx, node)
-        return norm(ctx, node, x, path, "other:prelu", ["weight"], 1)
-    return None
+def fname(node: fx.Node) -> str:
+    """The function, method or module name of a node (``conv2d``, ``view``, ``layer1.0.conv1``)."""
+    t = node.target
+    if isinstance(t, str):
+        return t
+    return getattr(t, "__name__", str(t))
 
 
-def call_functional(ctx: Ctx, node: fx.Node, fname: str):
-    """Functional layers (``F.conv2d``, ``F.linear``, ``F.layer_norm`` ...) on parameters."""
-    x = ctx.value(node.args[0])
-    modules = ctx.modules
+def arg(ctx: Ctx, node: fx.Node, i: int, key: str) -> Any:
+    """The value of argument ``i`` (or keyword ``key``) of a call."""
+    return ctx.value(node.args[i]) if len(node.args) > i else ctx.value(node.kwargs.get(key))
 
-    def param(i, key):
-        v = ctx.value(node.args[i]) if len(node.args) > i else ctx.value(node.kwargs.get(key))
-        return v
 
-    def owner(p):
-        if isinstance(p, ParamRef) and all(d == i for i, d in enumerate(p.dims)):
-            return p
-        return None
-
-    if fname in ("conv1d", "conv2d", "conv3d"):
-        w, b = owner(param(1, "weight")), param(2, "bias")
-        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-        if w is None or w.name != "weight" or not isinstance(groups, int):
-            return opaque(ctx, node, f"{fname} with a computed weight")
-        mod = modules.get(w.module)
-        has_bias = isinstance(b, ParamRef) and b.module == w.module and b.name == "bias"
-        if b is not None and not has_bias:
-            return opaque(ctx, node, f"{fname} with a computed bias")
-        depthwise_ok = isinstance(mod, nn.modules.conv._ConvNd) or groups == 1
-        if not depthwise_ok:
-            return opaque(ctx, node, f"{fname} whose groups are written in forward code")
-        return conv(ctx, node, x, w.module, w.shape, groups, has_bias,
-                    std=mod is not None and is_std_conv(mod))
-    if fname == "linear":
-        w, b = owner(param(1, "weight")), param(2, "bias")
-        has_bias = isinstance(b, ParamRef) and w is not None and b.module == w.module and b.name == "bias"
-        if w is None or w.name != "weight" or (b is not None and not has_bias):
-            return opaque(ctx, node, "linear with a computed weight")
-        return linear(ctx, node, x, w.module, w.shape, has_bias)
-    if fname in ("layer_norm", "group_norm", "batch_norm", "instance_norm"):
-        idx = {"layer_norm": (2, 3), "group_norm": (2, 3), "batch_norm": (3, 4, 1, 2),
-               "instance_norm": (3, 4, 1, 2)}[fname]
-        keys = {"layer_norm": ("weight", "bias"), "group_norm": ("weight", "bias"),
-                "batch_norm": ("weight", "bias", "running_mean", "running_var"),
-                "instance_norm": ("weight", "bias", "running_mean", "running_var")}[fname]
-        refs = [param(i, k) for i, k in zip(idx, keys)]
-        refs = [r for r in refs if r is not None]
-        if any(owner(r) is None for r in refs):
-            return opaque(ctx, node, f"{fname} with computed affine parameters")
-        mods = {r.module for r in refs}
-        if len(mods) > 1:
-            return opaque(ctx, node, f"{fname} with parameters of several modules")
-        module = refs[0].module if refs else (ctx.module_path or "")
-        mod = modules.get(module)
-        names = [r.name for r in refs]
-        if fname == "layer_norm":
-            shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
-            if isinstance(shape, fx.Node):
-                return norm(ctx, node, x, module, fname, names, -1)
-            if len(tuple(shape)) != 1:
-                return opaque(ctx, node, "layer_norm over several dims")
-            return norm(ctx, node, x, module, fname, names, -1, updatable=isinstance(mod, nn.LayerNorm))
-        if fname == "group_norm":
-            ng = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
-            if not isinstance(ng, int):
-                return opaque(ctx, node, "group_norm with computed groups")
-            return norm(ctx, node, x, module, fname, names, 1, blocks=ng)
-        return norm(ctx, node, x, module, fname, names, 1)
+def owner(p: Any) -> Optional[ParamRef]:
+    """``p`` when it is a module's own tensor, not reshaped or permuted."""
+    if isinstance(p, ParamRef) and all(d == i for i, d in enumerate(p.dims)):
+        return p
     return None

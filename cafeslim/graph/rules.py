@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch.fx as fx
 from torch import nn
 
+from ..ops.registry import OpKind
 from .layout import default_axis, map_reshape
 from .state import Desc, State
 
@@ -56,8 +57,9 @@ class Ctx:
     state: State
     modules: Dict[str, nn.Module]
     env: Dict[fx.Node, Any] = field(default_factory=dict)
-    kind: str = ""
+    kind: str = ""  # the OpKind of the node being run, set by its rule
     attrs: Dict[str, Any] = field(default_factory=dict)
+    op_name: str = ""  # the record's name when not the node's target (``prelu``)
     module_path: str = ""
     gm: Optional[fx.GraphModule] = None
 
@@ -148,7 +150,7 @@ def opaque(ctx: Ctx, node: fx.Node, what: str):
     """An op cafeslim does not understand: its inputs and outputs keep every channel."""
     reason = f"passes through {what}" + (f" in '{ctx.module_path}'" if ctx.module_path else "")
     ctx.fix_all(_tensor_args(ctx, node), reason)
-    ctx.kind, ctx.attrs = "opaque", {"what": what, "module": ctx.module_path}
+    ctx.kind, ctx.attrs = OpKind.OPAQUE, {"what": what, "module": ctx.module_path}
     return ctx.fresh(node, node.meta.get("tensor_meta"), reason)
 
 

@@ -18,45 +18,27 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import TraceError
+from ..ops import registry
 
 MAX_LEAF_FALLBACKS = 30
 
-# Modules with channel rules in rules.py; everything else in torch.nn is a leaf too
-# (fx's default), and is opaque unless rules.py knows it.
-_BN_LIKE_NAMES = ("BatchNormAct", "FrozenBatchNorm", "InplaceAbn", "SyncBatchNormAct")
-
-
-def _timm_notrace() -> Tuple[Tuple[type, ...], Tuple]:
+def _timm_notrace() -> Tuple:
     try:
-        from timm.models._features_fx import get_notrace_functions, get_notrace_modules
+        from timm.models._features_fx import get_notrace_functions
     except ImportError:  # timm missing or too old: plain fx
-        return (), ()
-    return tuple(get_notrace_modules()), tuple(get_notrace_functions())
-
-
-def is_std_conv(module: nn.Module) -> bool:
-    """Weight-standardised convs normalise each filter over its input channels."""
-    return isinstance(module, nn.modules.conv._ConvNd) and "Std" in type(module).__name__
-
-
-def is_bn_like(module: nn.Module) -> bool:
-    """BatchNorm subclasses and timm's fused BN+activation modules."""
-    return isinstance(module, nn.modules.batchnorm._BatchNorm) or any(
-        s in type(module).__name__ for s in _BN_LIKE_NAMES)
+        return ()
+    return tuple(get_notrace_functions())
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: Set[str], notrace_modules: Tuple[type, ...], autowrap: Tuple):
+    def __init__(self, leaves: Set[str], autowrap: Tuple):
         super().__init__(autowrap_functions=autowrap)
         self.extra_leaves = leaves
-        self.notrace_modules = notrace_modules
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if qualname in self.extra_leaves or is_bn_like(m) or is_std_conv(m):
-            return True
-        # timm's own no-trace modules are leaves only when they are convs/norms with rules;
-        # the others are traced through so their channels stay searchable.
-        if isinstance(m, nn.modules.conv._ConvNd) and isinstance(m, self.notrace_modules):
+        # Handlers say which modules stay single calls (BN-likes, weight-standardised convs,
+        # timm's no-trace convs).
+        if qualname in self.extra_leaves or registry.is_leaf(m):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -115,13 +97,13 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> Traced:
     Example:
         >>> traced = trace(torchvision.models.resnet18().eval(), torch.randn(1, 3, 224, 224))
     """
-    notrace_modules, autowrap = _timm_notrace()
+    autowrap = _timm_notrace()
     concrete = _concrete_args(model)
     leaves: List[str] = []
     attempts: List[str] = []
     last_error = ""
     for _ in range(MAX_LEAF_FALLBACKS + 1):
-        tracer = _Tracer(set(leaves), notrace_modules, autowrap)
+        tracer = _Tracer(set(leaves), autowrap)
         try:
             graph = tracer.trace(model, concrete_args=concrete or None)
         except Exception as exc:  # fx raises many kinds; all mean "not traceable here"

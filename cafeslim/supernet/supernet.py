@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..export.slim import Indices, gather_indices, module_attributes, patched_attributes, slim
+from ..export.slim import module_attributes, patched_attributes, slim
+from ..graph.indices import Indices, gather_indices
 from ..graph.channel_graph import ChannelGraph, IndexSpec
 
 SpecKey = Tuple[Tuple[int, Tuple[int, ...]], ...]

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cafeslim.errors import SpecError
-from cafeslim.export import gather_indices, module_attributes, patched_attributes, slim, sliced_state
+from cafeslim.export import module_attributes, patched_attributes, slim, sliced_state
+from cafeslim.graph import analyze
 from cafeslim.graph.channel_graph import ChannelGraph, Group, Member
+from cafeslim.graph.indices import gather_indices
 
 
 def _norm(module, c, *, buffers=True):
@@ -325,13 +327,8 @@ def test_graph_that_does_not_fit_the_model():
 
 # --------------------------------------------------------------------------- analysed models
 
-def _analyze():
-    return pytest.importorskip("cafeslim.graph.analyze", reason="graph analysis not written yet").analyze
-
-
 @pytest.mark.parametrize("name", ["timm:test_resnet", "timm:test_efficientnet", "tv:mobilenet_v2", "tv:resnet18"])
 def test_analysed_models_equivalence(name):
-    analyze = _analyze()
     torch.manual_seed(0)
     lib, arch = name.split(":")
     if lib == "timm":
@@ -355,7 +352,7 @@ def test_analysed_models_equivalence(name):
 
 
 def test_analysed_vit_runs_and_matches_functional_call():
-    analyze, timm = _analyze(), pytest.importorskip("timm")
+    timm = pytest.importorskip("timm")
     model = timm.create_model("test_vit").eval()
     x = torch.randn(2, *model.pretrained_cfg["input_size"])
     graph = analyze(model, x)

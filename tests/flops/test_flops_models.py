@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from cafeslim.export.slim import slim
 from cafeslim.flops import FlopsModel, count_flops
-
-analyze_mod = pytest.importorskip("cafeslim.graph.analyze", reason="graph analysis not available yet")
+from cafeslim.graph import analyze
 
 MODELS = [
     "timm:test_resnet",
@@ -57,7 +57,7 @@ def analysed(name: str):
     """Model, input, graph, FlopsModel and fvcore's full count, built once per test session."""
     if name not in _CACHE:
         model, x = build(name)
-        graph = analyze_mod.analyze(model, x, source=name)
+        graph = analyze(model, x, source=name)
         fm = FlopsModel(graph, model, x)          # counts the full model with fvcore once
         _CACHE[name] = model, x, graph, fm, fm.fvcore_full
     return _CACHE[name]
@@ -90,12 +90,11 @@ def test_graph_alone_is_exact(name):
 
 @pytest.mark.parametrize("name", MODELS + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
 def test_slimmed_model_equals_fvcore(name):
-    slim_mod = pytest.importorskip("cafeslim.export.slim")
     model, x, graph, fm, _ = analysed(name)
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     samples = [random_widths(graph, rng) for _ in range(2)]
     samples.append({g.id: g.blocks for g in graph.searchable})      # the narrowest network
     for widths in samples:
-        slimmed = slim_mod.slim(model, graph, graph.prefix_spec(widths))
+        slimmed = slim(model, graph, graph.prefix_spec(widths))
         fv = count_flops(slimmed, x)
         assert fm.flops(widths) == pytest.approx(fv, rel=5e-3), (name, fm.flops(widths), fv)
