@@ -28,6 +28,7 @@ _EXPORTS = {
     "export.slim": ["slim"],
     "graph": ["analyze"],
     "models": ["create"],
+    "ops": ["OpHandler", "register_op", "registered_op", "unregister_op"],
     "supernet": ["Supernet"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..graph.channel_graph import ChannelGraph, Group, Member
+from ..ops import is_bn_like
 
 ORDERS = ("natural", "l1")
 
@@ -107,7 +108,7 @@ def _member_score(g: Group, m: Member, modules: Mapping[str, nn.Module]) -> Opti
     if mod is None or m.name != "weight":
         return None
     if m.role == "norm":
-        if not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        if not is_bn_like(mod):
             return None
     elif m.role != "out":
         return None

@@ -1,6 +1,6 @@
 """Export: turn an IndexSpec into a physically smaller model and write it to disk.
 
-``slim`` rewrites a copy of the model; ``gather_indices``, ``sliced_state``,
+``slim`` rewrites a copy of the model; ``sliced_state``,
 ``module_attributes`` and ``patched_attributes`` are the same machinery without the copy,
 for the supernet. ``export_model`` writes ``model.pt``, ``model.pt2``, ``model.onnx`` and
 ``widths.json`` and checks each against eager PyTorch.
@@ -18,14 +18,12 @@ from .formats import (
     widths_info,
     write_widths_json,
 )
-from ..graph.indices import gather_indices
 from .slim import module_attributes, patched_attributes, slim, sliced_state
 
 __all__ = [
     "ExportError",
     "ExportResult",
     "export_model",
-    "gather_indices",
     "module_attributes",
     "output_scale",
     "patched_attributes",
