@@ -112,7 +112,7 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def _amp(cfg: TrainConfig, device: torch.device) -> tuple:
+def amp_setup(cfg: Any, device: torch.device) -> tuple:
     """(autocast dtype or None, GradScaler or None) for ``cfg.amp`` on ``device``."""
     if cfg.amp == "off":
         return None, None
@@ -125,7 +125,7 @@ def _amp(cfg: TrainConfig, device: torch.device) -> tuple:
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-class _Interrupts:
+class Interrupts:
     """Turns the first SIGINT/SIGTERM into a flag checked between steps.
 
     Stopping between steps guarantees a consistent checkpoint (never half an optimizer
@@ -136,7 +136,7 @@ class _Interrupts:
         self.flag = False
         self._old: Dict[int, Any] = {}
 
-    def __enter__(self) -> "_Interrupts":
+    def __enter__(self) -> "Interrupts":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -152,18 +152,22 @@ class _Interrupts:
             signal.signal(sig, old)
 
 
-class _Progress:
-    """A rich progress bar on stderr (rank 0 only), or nothing."""
+class Progress:
+    """A rich progress bar with ETA on stderr (rank 0 only), or nothing; ``label`` names it.
 
-    def __init__(self, enabled: bool, total: int, done: int):
+    Shared by supernet training and :mod:`cafeslim.training`.
+    """
+
+    def __init__(self, enabled: bool, total: int, done: int, label: str = "supernet"):
         self.bar = None
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn
+        from rich.progress import Progress as RichProgress
+        from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("[bold]supernet"), BarColumn(), MofNCompleteColumn(),
+        self.bar = RichProgress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  "
                                        "{task.fields[ips]} img/s"),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -267,7 +271,7 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
         raise OutputExistsError(f"run folder {run_dir} already holds a checkpoint; pass --resume "
                                 "to continue it or choose another run name")
     device = info.device
-    autocast_dtype, scaler = _amp(cfg, device)
+    autocast_dtype, scaler = amp_setup(cfg, device)
     supernet.to(device)
     if cfg.channels_last:
         supernet.to(memory_format=torch.channels_last)
@@ -313,7 +317,7 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
                             position=at_step % spe, fingerprint=fp, config=config,
                             extra={"total_steps": total, "world_size": info.world_size})
 
-    bar = _Progress(progress and main, total, step)
+    bar = Progress(progress and main, total, step)
     log_fh = open(metrics_path, "a", encoding="utf-8") if main else None
     t0, n_start = time.perf_counter(), step
     last_log_t, losses, widths, chosen, final_loss = t0, [], [], [], float("nan")
@@ -321,7 +325,7 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
     saved_at, mid_step = -1, False
     mm_cfg = cfg.minmin()
     try:
-        with _Interrupts() as interrupts:
+        with Interrupts() as interrupts:
             while step < total:
                 epoch, position = divmod(step, spe)
                 for images, targets in data.epoch_batches(epoch, position):
