@@ -28,7 +28,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-RULES = ("fan_in", "fan_out_group", "fan_out", "const")  # tie-break order
+RULES = ("fan_in", "fan_out", "fan_out_group", "const")  # tie-break order
 _GAINS = (1.0, math.sqrt(2.0), 1.0 / math.sqrt(3.0))
 _MIN_NUMEL = 64  # smaller weights give too noisy a std to vote
 _DISTINCT = 0.05  # log-spread difference that counts as evidence
