@@ -178,7 +178,8 @@ def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
     table = Table(title=f"{result['model']} ({result['method']}): full {human(full['flops'])} "
                         f"FLOPs, {human(full['params'])} params", title_justify="left",
                   box=box.SIMPLE_HEAD)
-    for head in ("budget", "FLOPs", "params", "D_val top-1", "evaluated"):
+    # D_val is what the search selected on: its top-1 ranks widths, it is not an accuracy.
+    for head in ("budget", "FLOPs", "params", "D_val top-1 (selection score)", "evaluated"):
         table.add_column(head, justify="left" if head == "budget" else "right", no_wrap=True)
     for b in result["budgets"]:
         table.add_row(b["budget"], f"{human(b['flops'])} ({b['flops_ratio']:.3f}×)",
@@ -186,4 +187,5 @@ def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
                       str(b["evaluated"]))
     out.print(table)
     out.print(Text(f"wrote {run_dir}/result.json and {run_dir}/report.md ({result['seconds']:.0f} s)"))
-    out.print(Text(f"next: cafeslim export {run_dir}"))
+    out.print(Text(f"next: cafeslim train {run_dir} (the accuracy to quote), or cafeslim export "
+                   f"{run_dir}"))
