@@ -25,7 +25,7 @@ from ..config import DEMO, RetrainConfig, dump_yaml, ensure_empty_dir, load_sett
 from ..errors import CheckpointError, ConfigError, DataError
 from ..export.formats import FORMATS
 from .loop import LAST, TrainOutcome, train
-from .target import Target, build_student, head_classes, original, resolve_target
+from .target import Target, build_student, head_classes, load_module, original, resolve_target
 
 TRAIN_FORMAT = "cafeslim.train/1"
 
@@ -77,8 +77,6 @@ def make_teacher(t: Target, choice: Optional[str], num_classes: int,
         >>> make_teacher(resolve_target("timm:test_resnet"), None, 10, 32)
         (None, 'none')
     """
-    from .target import _load_module
-
     choice = choice or ("original" if t.has_weights and t.kind != "model" else "none")
     if choice == "none":
         return None, "none"
@@ -94,7 +92,7 @@ def make_teacher(t: Target, choice: Optional[str], num_classes: int,
         return _supernet_teacher(t).eval(), "supernet (full width)"
     path = Path(choice)
     if path.is_dir() or path.suffix == ".pt":
-        return _load_module(path / "model.pt" if path.is_dir() else path).eval(), str(path)
+        return load_module(path / "model.pt" if path.is_dir() else path).eval(), str(path)
     from ..models import create
     from ..pipeline.objects import at_size
 

@@ -73,10 +73,10 @@ class Target:
         if self.kind == "model":
             return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_",
                                          f"{self.source.split(':')[-1]}-train")
-        assert self.path is not None
+        folder = self.path if self.path is not None else Path(self.name)
         if self.kind == "run" and self.meta.get("budgets", 1) > 1:
-            return self.path / "train" / str(self.budget).replace("%", "pct").replace(" ", "")
-        return self.path / "train"
+            return folder / "train" / str(self.budget).replace("%", "pct").replace(" ", "")
+        return folder / "train"
 
 
 def _looks_like_path(target: str) -> bool:
@@ -155,7 +155,12 @@ def original(t: Target, num_classes: int, img_size: Optional[int], *,
     return at_size(info, size) if size is not None else info
 
 
-def _load_module(path: Path) -> nn.Module:
+def load_module(path: Path) -> nn.Module:
+    """A whole pickled model (``model.pt`` of an export), on CPU.
+
+    Raises:
+        CheckpointError: no such file, unloadable, or not an ``nn.Module``.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path.parent} holds no model.pt to train (model.pt2 cannot be "
                               "trained); export it again with the pt format")
@@ -174,11 +179,10 @@ def _inherit_run(t: Target) -> Tuple[nn.Module, Dict[str, Any]]:
     from ..export.formats import read_widths_json
     from ..pipeline.run_export import export_run
 
-    assert t.path is not None
     with tempfile.TemporaryDirectory() as tmp:
-        export_run(t.path, t.budget, init="inherit", formats=("pt",), out_dir=Path(tmp) / "x")
+        export_run(t.path or Path(t.name), t.budget, init="inherit", formats=("pt",), out_dir=Path(tmp) / "x")
         meta = read_widths_json(Path(tmp) / "x" / "widths.json")
-        return _load_module(Path(tmp) / "x" / "model.pt"), meta
+        return load_module(Path(tmp) / "x" / "model.pt"), meta
 
 
 def build_student(t: Target, init: str, num_classes: int, img_size: Optional[int],
@@ -205,8 +209,7 @@ def build_student(t: Target, init: str, num_classes: int, img_size: Optional[int
         fresh = original(t, num_classes, img_size, weights=False).model
         return scratch_model(fresh, graph, spec), info, graph, dict(t.meta if t.kind == "export" else {})
     if t.kind == "export":
-        assert t.path is not None
-        return _load_module(t.path / "model.pt"), info, graph, dict(t.meta)
+        return load_module(Path(t.path or t.name) / "model.pt"), info, graph, dict(t.meta)
     model, meta = _inherit_run(t)
     return model, info, graph, meta
 
@@ -231,4 +234,4 @@ def head_classes(model: nn.Module, example: torch.Tensor) -> int:
     return n
 
 
-__all__ = ["Target", "build_student", "head_classes", "original", "resolve_target"]
+__all__ = ["Target", "build_student", "head_classes", "load_module", "original", "resolve_target"]

@@ -78,3 +78,19 @@ def test_public_api_names():
     assert cafeslim.train is cafeslim.training.loop.train
     assert cafeslim.RetrainConfig is RetrainConfig
     assert "train" in cafeslim.__all__
+
+
+def test_train_on_plain_batches_without_a_folder():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 4, 4)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    before = model[1].weight.detach().clone()
+    out = cafeslim.train(model, batches, RetrainConfig(epochs=3, lr=0.5, device="cpu",
+                                                       warmup_epochs=0),
+                         test=batches, progress=False)
+    assert out.epochs == 3 and out.steps == 12 and len(out.history) == 3
+    assert out.history[-1]["loss"] < out.history[0]["loss"]
+    assert out.test_top1 > 0.8 and out.best_epoch is None  # no holdout: no best.pt
+    assert not torch.equal(before, out.model[1].weight)
