@@ -65,3 +65,19 @@ def test_teacher_rules(run):
         make_teacher(resolve_target("timm:test_resnet"), "original", 10, 16)
     teacher, name = make_teacher(t, "timm:test_resnet", 10, 16)
     assert name == "timm:test_resnet" and teacher(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_export_target_inherits_the_exported_weights(run, tmp_path):
+    from cafeslim.pipeline import export_run
+
+    rep = export_run(run, out_dir=tmp_path / "export", formats=("pt",))
+    exported = torch.load(tmp_path / "export" / "model.pt", weights_only=False)
+    cfg = RetrainConfig(**{**CFG.__dict__, "init": "inherit", "lr": 1e-9, "warmup_epochs": 0,
+                           "label_smoothing": 0.0})
+    res = train_target(str(tmp_path / "export"), cfg, progress=False)
+    assert res.out_dir == tmp_path / "export" / "train" and rep.files
+    # a vanishing learning rate keeps the exported weights: they were the starting point
+    trained = res.outcome.model.state_dict()
+    for k, v in exported.state_dict().items():
+        if v.dtype.is_floating_point and "running" not in k:
+            assert torch.allclose(v, trained[k], atol=1e-6), k
