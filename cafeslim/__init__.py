@@ -14,6 +14,7 @@ Example:
     >>> net = cafeslim.Supernet(model, graph, cafeslim.make_bins(graph))    # doctest: +SKIP
     >>> result = cafeslim.search_widths(net, val_batches, recal_batches, budget="50%")  # doctest: +SKIP
     >>> small = cafeslim.slim(model, graph, result.spec)                    # doctest: +SKIP
+    >>> out = cafeslim.train(small, loaders, cafeslim.RetrainConfig(epochs=10))  # doctest: +SKIP
 """
 
 import importlib
@@ -23,13 +24,14 @@ __version__ = "0.1.0"
 # Lazy: ``import cafeslim`` (and the CLI's ``--help``) must not wait for torch.
 _EXPORTS = {
     "api": ["API_SEARCH", "SearchOutcome", "export_files", "make_bins", "minmin_step", "search_widths"],
-    "config": ["BinsConfig", "MinMinConfig", "SearchConfig", "TrainConfig"],
+    "config": ["BinsConfig", "MinMinConfig", "RetrainConfig", "SearchConfig", "TrainConfig"],
     "errors": ["CafeslimError"],
     "export.slim": ["slim"],
     "graph": ["analyze"],
     "models": ["create"],
     "ops": ["OpHandler", "register_op", "registered_op", "unregister_op"],
     "supernet": ["Supernet"],
+    "training": ["train"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + ["__version__"]

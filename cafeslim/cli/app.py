@@ -21,6 +21,7 @@ from .export import export_command
 from .inspect import inspect_command
 from .inspect_bins import inspect_bins_command
 from .search import search_command
+from .train import train_command
 
 app = typer.Typer(
     name="cafeslim",
@@ -38,6 +39,7 @@ app.command("check")(check_command)
 app.command("export")(export_command)
 app.command("inspect-bins")(inspect_bins_command)
 app.command("search")(search_command)
+app.command("train")(train_command)
 app.command("eval")(eval_command)
 
 

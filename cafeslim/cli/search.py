@@ -178,12 +178,16 @@ def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
     table = Table(title=f"{result['model']} ({result['method']}): full {human(full['flops'])} "
                         f"FLOPs, {human(full['params'])} params", title_justify="left",
                   box=box.SIMPLE_HEAD)
-    for head in ("budget", "FLOPs", "params", "D_val top-1", "evaluated"):
+    # D_val is what the search selected on: its top-1 ranks widths, it is not an accuracy.
+    for head in ("budget", "FLOPs", "params", "D_val score", "evaluated"):
         table.add_column(head, justify="left" if head == "budget" else "right", no_wrap=True)
     for b in result["budgets"]:
         table.add_row(b["budget"], f"{human(b['flops'])} ({b['flops_ratio']:.3f}×)",
                       f"{human(b['params'])} ({b['params_ratio']:.3f}×)", f"{100 * b['top1']:.2f}%",
                       str(b["evaluated"]))
     out.print(table)
+    out.print(Text("D_val score: top-1 on the images the search selected on, a selection score, "
+                   "not the model's accuracy"))
     out.print(Text(f"wrote {run_dir}/result.json and {run_dir}/report.md ({result['seconds']:.0f} s)"))
-    out.print(Text(f"next: cafeslim export {run_dir}"))
+    out.print(Text(f"next: cafeslim train {run_dir} (the accuracy to quote), or cafeslim export "
+                   f"{run_dir}"))

@@ -2,6 +2,7 @@
 
 * :mod:`.stages` — :class:`MinMinConfig`, :class:`TrainConfig`, :class:`SearchConfig`,
   :class:`BinsConfig`, :class:`ExportConfig`; their ``Literal`` fields are the CLI's choices.
+* :mod:`.train` — :class:`RetrainConfig`, the settings of ``cafeslim train``.
 * :mod:`.run` — :class:`RunSettings` (a run's ``config.yaml``), the demo preset, the method
   rules and :func:`resolve_settings` (flags > YAML > demo preset > defaults).
 * :mod:`.files` — resolving a dataclass from flags and YAML, atomic writes, output folders.
@@ -18,10 +19,11 @@ from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml
 from .run import (CONFIG_FILE, DEMO, DEMO_IMG_SIZE, DEMO_PRESET, RUN_FORMAT, RunSettings,
                   load_settings, method_offset, resolve_settings)
 from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainConfig, choices
+from .train import RETRAIN_RESUMABLE, RetrainConfig
 
 __all__ = [
     "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "ExportConfig",
-    "MinMinConfig", "RESUMABLE_CHANGES", "RUN_FORMAT", "RunSettings", "SearchConfig",
+    "MinMinConfig", "RESUMABLE_CHANGES", "RETRAIN_RESUMABLE", "RUN_FORMAT", "RetrainConfig", "RunSettings", "SearchConfig",
     "TrainConfig", "atomic_write", "changed_settings", "choices", "dump_yaml", "ensure_empty_dir",
     "load_settings",
     "load_yaml", "method_offset", "resolve", "resolve_settings", "section", "to_dict",

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
 from ..models import ModelInfo
+from .augment import PadCrop, default_shift, resolve_aug
 from .demo import DEMO_CLASSES, DigitsDataset, demo_splits, load_digit_images
 from .folders import FolderSplit, ImageFolder, Subset, scan_imagenet
 from .transforms import build_transforms, data_config
@@ -184,7 +185,8 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
         data: ``demo`` or a folder in ImageNet layout (``train/<class>/*``, optional ``val/``).
         info: the created model (input size, mean/std, interpolation, crop).
         cfg: a :class:`~cafeslim.config.TrainConfig` (or anything with ``batch_size``,
-            ``workers``, ``seed``, ``val_split``, ``img_size`` and ``device``).
+            ``workers``, ``seed``, ``val_split``, ``img_size`` and ``device``; optionally
+            ``aug`` and ``shift``, see :func:`~cafeslim.data.augment.resolve_aug`).
 
     Raises:
         DataError: layout errors (see :func:`~cafeslim.data.folders.scan_imagenet`), or a
@@ -214,6 +216,12 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
         pool = np.arange(len(train_split.samples))
         test_ds = ImageFolder(val_split.samples, eval_tf, bad) if val_split else None
         classes, workers, source = train_split.classes, int(cfg.workers), str(data)
+    aug = resolve_aug(getattr(cfg, "aug", None), source, dcfg["input_size"][-1])
+    if aug == "shift":  # on top of the evaluation transforms (see cafeslim.data.augment)
+        shift = getattr(cfg, "shift", None)
+        train_ds = PadCrop(eval_ds, default_shift(dcfg["input_size"][-1]) if shift is None else shift)
+    elif aug == "none":
+        train_ds = eval_ds
     tr_idx, val_idx = split_val(pool, cfg.val_split, cfg.seed)
     need = cfg.batch_size * world
     if len(tr_idx) < need:

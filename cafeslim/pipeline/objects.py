@@ -71,7 +71,7 @@ class Built:
     data: Any = None
 
 
-def _demo_size(info: Any) -> Optional[int]:
+def demo_size(info: Any) -> Optional[int]:
     """64 px for the demo when the model accepts it (a fixed-size ViT does not)."""
     import torch
 
@@ -104,7 +104,7 @@ def build(settings: RunSettings, with_data: bool = True) -> Built:
     seed_everything(t.seed)
     info = create(s.model, pretrained=s.pretrained, weights=s.weights,
                   num_classes=len(dataset_classes(s.data)))
-    size = _demo_size(info) if t.img_size is None and s.data == DEMO else None
+    size = demo_size(info) if t.img_size is None and s.data == DEMO else None
     if size is not None:
         s = replace(s, train=replace(t, img_size=size))
     if s.train.img_size is not None:
@@ -135,4 +135,4 @@ def make_fitness(b: Built, supernet: Any, space: Any = None, offset: Optional[in
                    channels_last=b.settings.train.channels_last)
 
 
-__all__ = ["Analysis", "Built", "analyze_info", "at_size", "build", "make_fitness"]
+__all__ = ["Analysis", "Built", "analyze_info", "at_size", "build", "demo_size", "make_fitness"]

@@ -76,7 +76,12 @@ class RunExportReport:
         return next((r.top1 for r in self.parity if r.what.startswith(what)), None)
 
 
-def _pick(result: Dict[str, Any], budget: Optional[str]) -> Dict[str, Any]:
+def pick_budget(result: Dict[str, Any], budget: Optional[str]) -> Dict[str, Any]:
+    """The ``result.json`` entry of ``budget`` (the only one when None).
+
+    Raises:
+        ConfigError: several budgets and none picked, or an unknown budget.
+    """
     rows = result["budgets"]
     names = ", ".join(r["budget"] for r in rows)
     if budget is None:
@@ -129,7 +134,7 @@ def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "
     run_dir = Path(run_dir)
     result = read_result(run_dir)
     settings = load_settings(run_dir)
-    entry = _pick(result, budget)
+    entry = pick_budget(result, budget)
     slug = entry["budget"].replace("%", "pct").replace(" ", "")
     out = Path(out_dir) if out_dir is not None else (
         run_dir / "export" if len(result["budgets"]) == 1 else run_dir / "export" / slug)
@@ -259,4 +264,4 @@ def _parity(net: Any, spec: Any, small: Any, onnx_path: Optional[Path], batches:
     return rows
 
 
-__all__ = ["INITS", "ParityRow", "RunExportReport", "export_run", "is_run_dir"]
+__all__ = ["INITS", "ParityRow", "pick_budget", "RunExportReport", "export_run", "is_run_dir"]

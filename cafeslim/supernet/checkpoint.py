@@ -133,7 +133,7 @@ def save_checkpoint(path: Union[str, Path], *, model: Mapping[str, torch.Tensor]
                     scaler: Optional[Mapping[str, Any]] = None, rng: Mapping[str, Any],
                     step: int, epoch: int, position: int, fingerprint: Mapping[str, Any],
                     config: Optional[Mapping[str, Any]] = None,
-                    extra: Optional[Mapping[str, Any]] = None) -> Path:
+                    extra: Optional[Mapping[str, Any]] = None, kind: str = FORMAT) -> Path:
     """Write a checkpoint atomically (temp file in the same folder, fsync, rename).
 
     Args:
@@ -145,6 +145,7 @@ def save_checkpoint(path: Union[str, Path], *, model: Mapping[str, torch.Tensor]
         fingerprint: from :func:`fingerprint`.
         config: the resolved training settings (plain dict).
         extra: anything else to keep (plain types).
+        kind: the format tag (``cafeslim-train`` for :mod:`cafeslim.training`'s checkpoints).
 
     Example:
         >>> save_checkpoint(run / "last.pt", model=net.state_dict(), optimizer=opt.state_dict(),
@@ -153,7 +154,7 @@ def save_checkpoint(path: Union[str, Path], *, model: Mapping[str, torch.Tensor]
     """
     path = Path(path)
     payload = {
-        "format": FORMAT, "version": VERSION, "time": time.time(),
+        "format": kind, "version": VERSION, "time": time.time(),
         "model": {k: v.detach() for k, v in model.items()},
         "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "rng": dict(rng),
         "step": int(step), "epoch": int(epoch), "position": int(position),
@@ -163,13 +164,15 @@ def save_checkpoint(path: Union[str, Path], *, model: Mapping[str, torch.Tensor]
 
 
 def load_checkpoint(path: Union[str, Path],
-                    expect_fingerprint: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                    expect_fingerprint: Optional[Mapping[str, Any]] = None, *,
+                    kind: str = FORMAT) -> Dict[str, Any]:
     """Read and check a checkpoint (on CPU, ``weights_only=True``).
 
     Args:
         path: the checkpoint file.
         expect_fingerprint: when given, the checkpoint must have been made for this model,
             channel graph and search space.
+        kind: the format tag the file must carry (a training checkpoint is not a supernet's).
 
     Returns:
         The checkpoint dict (keys as in :func:`save_checkpoint`).
@@ -193,8 +196,11 @@ def load_checkpoint(path: Union[str, Path],
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - zip, pickle and storage errors all mean a bad file
         raise CheckpointError(f"corrupt or truncated checkpoint {path}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a cafeslim supernet checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != kind:
+        what = kind.removeprefix("cafeslim-")
+        found = ckpt.get("format") if isinstance(ckpt, dict) else None
+        raise CheckpointError(f"{path} is not a cafeslim {what} checkpoint"
+                              + (f" (it is a {found} one)" if isinstance(found, str) else ""))
     if int(ckpt.get("version", 0)) > VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {ckpt.get('version')}; "
                               f"this cafeslim reads up to {VERSION} (upgrade cafeslim)")

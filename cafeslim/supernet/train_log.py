@@ -44,17 +44,21 @@ class Interrupts:
 
 
 class Progress:
-    """A rich progress bar on stderr (rank 0 only), or nothing."""
+    """A rich progress bar with ETA on stderr (rank 0 only), or nothing; ``label`` names it.
 
-    def __init__(self, enabled: bool, total: int, done: int):
+    Shared by supernet training and :mod:`cafeslim.training`.
+    """
+
+    def __init__(self, enabled: bool, total: int, done: int, label: str = "supernet"):
         self.bar = None
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn
+        from rich.progress import Progress as RichProgress
+        from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("[bold]supernet"), BarColumn(), MofNCompleteColumn(),
+        self.bar = RichProgress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  "
                                        "{task.fields[ips]} img/s"),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

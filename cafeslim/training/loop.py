@@ -1,0 +1,401 @@
+"""The epoch loop of :func:`train`: steps, evaluation, checkpoints, resume and progress.
+
+``out_dir`` (``train/`` of a run or export folder, or ``--out``) receives:
+
+* ``last.pt`` — written atomically at the end of every epoch (and every ``ckpt_every`` steps,
+  and on Ctrl-C/SIGTERM between two steps): model, optimizer, scheduler, GradScaler, EMA, every
+  RNG, the step and the position in the epoch. ``resume=True`` continues from it bit-exactly on
+  CPU: the data order and augmentation are functions of (seed, epoch, index), the mixing of a
+  batch of (seed, step), and the rest of the randomness is restored.
+* ``best.pt`` — the weights of the epoch with the best top-1 on the **holdout** (images split
+  off the training set, ``val_split``), never on the test split: a model selected on the test
+  split would make its test accuracy optimistic, the very mistake the D_val score of the search
+  makes (issue 8). Without a holdout, ``best.pt`` is not written and the last epoch is the
+  result.
+* ``metrics.jsonl`` — one line per epoch: loss, lr, holdout top-1, test top-1/top-5, images/s.
+
+Example:
+    >>> out = train(model, data, RetrainConfig(epochs=2), out_dir="runs/x/train")   # doctest: +SKIP
+    >>> out.test_top1                                                              # doctest: +SKIP
+    0.95
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from ..config import RETRAIN_RESUMABLE, RetrainConfig, changed_settings, to_dict
+from ..errors import CheckpointError, DataError, OutputExistsError
+from ..supernet import distributed
+from ..supernet.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from ..supernet.schedule import amp_setup
+from ..supernet.train_log import Interrupts, Progress
+from .distill import make_distiller
+from .recipe import ModelEma, classification_loss, make_optimizer, make_scheduler, mix_batch
+
+KIND = "cafeslim-train"
+LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+
+
+@dataclass
+class TrainOutcome:
+    """What :func:`train` did.
+
+    Attributes:
+        model: the trained model (the EMA weights with ``model_ema``), on CPU, in eval mode.
+        epochs: epochs done in total; steps: optimizer steps in total.
+        history: the ``metrics.jsonl`` records, one per epoch.
+        test_top1, test_top5: of the returned model on the test split (None without one).
+        holdout_top1: of the returned model on the holdout (None without one).
+        best_epoch, best_holdout_top1: the epoch ``best.pt`` holds (None without a holdout).
+        images_per_s: training throughput of this invocation.
+        seconds: wall time of this invocation; resumed_from: the step it resumed at, or None.
+    """
+
+    model: nn.Module
+    epochs: int
+    steps: int
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    test_top1: Optional[float] = None
+    test_top5: Optional[float] = None
+    holdout_top1: Optional[float] = None
+    best_epoch: Optional[int] = None
+    best_holdout_top1: Optional[float] = None
+    images_per_s: float = 0.0
+    seconds: float = 0.0
+    resumed_from: Optional[int] = None
+
+
+def model_fingerprint(model: nn.Module, name: str = "") -> Dict[str, Any]:
+    """What a training checkpoint must match: the model name and every tensor's name and shape.
+
+    Example:
+        >>> model_fingerprint(nn.Linear(2, 3), "lin")["model"]
+        'lin'
+    """
+    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return {"model": name or type(model).__name__,
+            "shapes": hashlib.sha1(text.encode()).hexdigest()[:16]}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, batches: Iterable[Any], device: torch.device) -> Tuple[float, float, int]:
+    """Top-1, top-5 and the image count of ``model`` (eval mode) over ``batches``.
+
+    Example:
+        >>> accuracy(nn.Flatten(), [(torch.eye(3), torch.arange(3))], torch.device("cpu"))
+        (1.0, 1.0, 3)
+    """
+    was = model.training
+    model.eval()
+    top1 = top5 = n = 0
+    for images, labels in batches:
+        logits = model(images.to(device))
+        labels = labels.to(device)
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == labels.view(-1, 1)
+        top1 += int(hits[:, 0].sum())
+        top5 += int(hits.any(dim=1).sum())
+        n += int(labels.numel())
+    model.train(was)
+    return (top1 / n, top5 / n, n) if n else (float("nan"), float("nan"), 0)
+
+
+def _epoch_iter(data: Any, epoch: int, position: int) -> Iterable[Any]:
+    """Batches of an epoch after ``position``: a cafeslim ``Data`` seeks, a loader is skipped."""
+    if hasattr(data, "epoch_batches"):
+        return data.epoch_batches(epoch, position)
+    sampler = getattr(data, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    return islice(iter(data), position, None)
+
+
+def _steps_per_epoch(data: Any) -> int:
+    spe = int(data.steps_per_epoch) if hasattr(data, "steps_per_epoch") else len(data)
+    if spe < 1:
+        raise DataError("the training data yields no batch; lower the batch size")
+    return spe
+
+
+def _load_resume(path: Path, fp: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, Any]:
+    """The checkpoint to resume, checked against this model and these settings."""
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint to resume ({path} does not exist)")
+    ckpt = load_checkpoint(path, kind=KIND)
+    found = ckpt.get("fingerprint") or {}
+    if found.get("model") != fp["model"] or found.get("shapes") != fp["shapes"]:
+        raise CheckpointError(f"checkpoint {path} was made for another model "
+                              f"({found.get('model')}), not this {fp['model']}")
+    old = ckpt.get("config") or {}
+    changed = {k: v for k, v in changed_settings(old, {k: config[k] for k in old if k in config}).items()
+               if k not in RETRAIN_RESUMABLE}
+    if changed:
+        diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise CheckpointError(f"checkpoint {path} was made with other settings ({diff}); "
+                              "resume with the training's own settings")
+    return ckpt
+
+
+class _Run:
+    """The mutable state of one :func:`train` call (kept apart so each piece stays short)."""
+
+    def __init__(self, model: nn.Module, cfg: RetrainConfig, spe: int, device: torch.device):
+        self.model, self.cfg, self.spe, self.device = model, cfg, spe, device
+        self.optimizer = make_optimizer(model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, spe)
+        self.autocast, self.scaler = amp_setup(cfg, device)
+        self.ema = ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None
+        self.step, self.best, self.best_epoch = 0, float("-inf"), None
+        self.history: List[Dict[str, Any]] = []
+
+    @property
+    def result_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self) -> Dict[str, Any]:
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(),
+                    scaler=self.scaler.state_dict() if self.scaler is not None else None,
+                    rng=capture_rng(), step=self.step, epoch=self.step // self.spe,
+                    position=self.step % self.spe)
+
+    def restore(self, ckpt: Dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        extra = ckpt.get("extra") or {}
+        if self.ema is not None and extra.get("ema") is not None:
+            self.ema.load_state_dict(extra["ema"])
+        self.best = float(extra.get("best", float("-inf")))
+        self.best_epoch = extra.get("best_epoch")
+        self.history = list(extra.get("history") or [])
+        restore_rng(ckpt["rng"])
+        self.step = int(ckpt["step"])
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, distiller: Any,
+                   num_classes: Optional[int]) -> float:
+        cfg = self.cfg
+        images, targets = images.to(self.device), targets.to(self.device)
+        soft = None
+        if num_classes is not None:
+            images, soft = mix_batch(images, targets, num_classes, cfg, self.step)
+        ctx = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
+               else torch.autocast(self.device.type, enabled=False))
+        with ctx:
+            logits = self.model(images)
+            loss = classification_loss(logits, targets, soft, cfg.label_smoothing)
+            if distiller is not None:
+                loss = distiller.loss(logits, images, loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return float(loss.detach())
+
+
+def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
+          test: Optional[Iterable[Any]] = None, holdout: Optional[Iterable[Any]] = None,
+          teacher: Optional[nn.Module] = None, out_dir: Union[str, Path, None] = None,
+          resume: bool = False, progress: bool = True, name: str = "",
+          callback: Optional[Callable[[Dict[str, Any]], None]] = None) -> TrainOutcome:
+    """Train a model (a slimmed sub-network, or any classifier) with the ``cfg`` recipe.
+
+    Args:
+        model: the network, initialised as wanted (see :mod:`cafeslim.training.init`).
+        data: a :class:`~cafeslim.data.Data` (its ``test`` and ``val`` are then the default
+            test split and holdout) or any re-iterable of ``(images, labels)`` batches.
+        cfg: the recipe.
+        test: batches to report test top-1/top-5 on after every epoch (never selected on).
+        holdout: batches held out of training; ``best.pt`` is the epoch best on them.
+        teacher: a frozen teacher for knowledge distillation (``cfg.kd_alpha``,
+            ``cfg.kd_temperature``); None trains on the labels alone.
+        out_dir: where ``last.pt``, ``best.pt`` and ``metrics.jsonl`` go; None keeps nothing
+            on disk (and cannot resume).
+        resume: continue from ``out_dir/last.pt``.
+        progress: a progress bar with ETA on stderr.
+        name: the model's name, recorded in the checkpoint.
+        callback: called with each epoch's record after its checkpoint is written (raising
+            KeyboardInterrupt there stops the training as Ctrl-C would).
+
+    Returns:
+        A :class:`TrainOutcome`.
+
+    Raises:
+        CheckpointError: resume without, or from a corrupt or foreign, checkpoint, or with
+            other settings; nothing is written then.
+        OutputExistsError: ``out_dir`` already holds a ``last.pt`` and ``resume`` is False.
+        KeyboardInterrupt: after saving ``last.pt`` at the last completed step.
+
+    Example:
+        >>> out = cafeslim.train(small, data, RetrainConfig(epochs=5), out_dir="train")  # doctest: +SKIP
+    """
+    if hasattr(data, "epoch_batches"):
+        test = data.test if test is None else test
+        holdout = (data.val if data.sizes.get("val") else None) if holdout is None else holdout
+    out = Path(out_dir) if out_dir is not None else None
+    device = distributed.current(cfg.device).device
+    fp = model_fingerprint(model, name)
+    config = to_dict(cfg)
+    ckpt = None
+    if resume:  # every check before anything is written
+        if out is None:
+            raise CheckpointError("resume needs the output folder of the interrupted training")
+        ckpt = _load_resume(out / LAST, fp, config)
+    elif out is not None and (out / LAST).exists():
+        raise OutputExistsError(f"{out} already holds a training checkpoint; pass --resume to "
+                                "continue it, or --force / another --out to start over")
+    spe = _steps_per_epoch(data)
+    model.to(device).train()
+    run = _Run(model, cfg, spe, device)
+    if ckpt is not None:
+        run.restore(ckpt)
+        del ckpt
+    distiller = make_distiller(teacher, cfg.kd_alpha, cfg.kd_temperature)
+    if distiller is not None:
+        distiller.to(device)
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0
+    num_classes = _num_classes(model, data, device) if mixing else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:  # the log reads as one run: drop epochs after the checkpoint
+            _write_metrics(out / METRICS, run.history)
+        else:
+            (out / METRICS).unlink(missing_ok=True)
+    resumed_from = run.step if resume else None
+    return _loop(run, data, test, holdout, distiller, num_classes, out, fp, config, progress,
+                 callback, resumed_from)
+
+
+def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
+    """Classes of the mixed targets: the data's, or the width of the model's output."""
+    if hasattr(data, "num_classes"):
+        return int(data.num_classes)
+    images, _ = next(iter(data))
+    was = model.training
+    with torch.no_grad():
+        n = int(model.eval()(images[:1].to(device)).shape[1])
+    model.train(was)
+    return n
+
+
+def _write_metrics(path: Path, records: List[Dict[str, Any]]) -> None:
+    from ..config import atomic_write
+
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def _save_best(path: Path, model: nn.Module, record: Dict[str, Any]) -> None:
+    from ..config import atomic_write
+
+    payload = {"format": f"{KIND}-best", "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "epoch": record["epoch"], "holdout_top1": record["holdout_top1"]}
+    atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
+               seconds: float, test: Any, holdout: Any, out: Optional[Path]) -> Dict[str, Any]:
+    """Evaluate after an epoch, keep ``best.pt`` (holdout only) and return the epoch's record."""
+    model = run.result_model
+    record: Dict[str, Any] = {"epoch": epoch + 1, "step": run.step,
+                              "loss": sum(losses) / max(len(losses), 1), "lr": lr,
+                              "img_s": round(seen / max(seconds, 1e-9), 2),
+                              "train_s": round(seconds, 3)}
+    record["holdout_top1"] = accuracy(model, holdout, run.device)[0] if holdout is not None else None
+    if test is not None:
+        record["test_top1"], record["test_top5"], _ = accuracy(model, test, run.device)
+    else:
+        record["test_top1"] = record["test_top5"] = None
+    if record["holdout_top1"] is not None and record["holdout_top1"] > run.best:
+        run.best, run.best_epoch = record["holdout_top1"], epoch + 1
+        if out is not None:
+            _save_best(out / BEST, model, record)
+    run.history.append(record)
+    return record
+
+
+def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
+          num_classes: Optional[int], out: Optional[Path], fp: Dict[str, Any],
+          config: Dict[str, Any], progress: bool, callback: Any,
+          resumed_from: Optional[int]) -> TrainOutcome:
+    cfg, spe = run.cfg, run.spe
+    total = cfg.epochs * spe
+    bar = Progress(progress, total, run.step, label="train")
+    t0, n_images, saved_at, mid, lr = time.perf_counter(), 0, -1, False, 0.0
+
+    def save() -> None:
+        if out is not None:
+            extra = {"best": run.best, "best_epoch": run.best_epoch, "history": run.history,
+                     "ema": run.ema.state_dict() if run.ema is not None else None}
+            save_checkpoint(out / LAST, **run.state(), fingerprint=fp, config=config,
+                            extra=extra, kind=KIND)
+
+    try:
+        with Interrupts() as interrupts:
+            while run.step < total:
+                epoch, position = divmod(run.step, spe)
+                t_epoch, losses, seen = time.perf_counter(), [], 0
+                for images, targets in _epoch_iter(data, epoch, position):
+                    lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses
+                    mid = True
+                    losses.append(run.train_step(images, targets, distiller, num_classes))
+                    mid = False
+                    seen += int(images.shape[0])
+                    bar.update(run.step, losses[-1], lr, seen / max(time.perf_counter() - t_epoch, 1e-9))
+                    if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step % spe:
+                        save()
+                        saved_at = run.step
+                    if interrupts.flag:
+                        raise KeyboardInterrupt
+                    if run.step % spe == 0:
+                        break
+                n_images += seen
+                record = _end_epoch(run, epoch, losses, lr, seen, time.perf_counter() - t_epoch,
+                                    test, holdout, out)
+                save()
+                saved_at = run.step
+                if out is not None:
+                    with open(out / METRICS, "a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                if callback is not None:
+                    callback(record)
+    except KeyboardInterrupt:
+        # Between steps the state is consistent: keep it (a second Ctrl-C mid-step does not).
+        if not mid and saved_at != run.step:
+            save()
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    last = run.history[-1] if run.history else {}
+    model = run.result_model.cpu().eval()
+    return TrainOutcome(model=model, epochs=run.step // spe, steps=run.step, history=run.history,
+                        test_top1=last.get("test_top1"), test_top5=last.get("test_top5"),
+                        holdout_top1=last.get("holdout_top1"), best_epoch=run.best_epoch,
+                        best_holdout_top1=run.best if run.best_epoch is not None else None,
+                        images_per_s=n_images / seconds if seconds > 0 else 0.0, seconds=seconds,
+                        resumed_from=resumed_from)
+
+
+__all__ = ["BEST", "KIND", "LAST", "METRICS", "TrainOutcome", "accuracy", "model_fingerprint",
+           "train"]
