@@ -23,6 +23,8 @@ from torch import nn
 VANISHING_GAIN = 0.5
 BIAS_STD = 0.1
 CALIBRATION_BATCHES = 2
+SHIFT_NAMES = ("bias", "beta", "shift", "token", "embed", "pos")
+"""Parameter names that add to a signal rather than scale it."""
 
 
 def _is_constant(t: torch.Tensor) -> bool:
@@ -51,11 +53,12 @@ def _redraw(mod: nn.Module, name: str, t: torch.Tensor, gen: torch.Generator) ->
     if not _is_constant(t):
         return False
     leaf = name.rsplit(".", 1)[-1].lower()
-    if "bias" in leaf or "beta" in leaf or t.dim() >= 2:
+    if any(k in leaf for k in SHIFT_NAMES):
         # biases, shifts, class tokens, position embeddings: small and centred
         t.copy_(torch.randn(t.shape, generator=gen) * BIAS_STD)
     else:
-        # norm weights, LayerScale gammas, gates: around one, all different
+        # norm weights, gains, LayerScale gammas, gates: around one, all different (a gain
+        # near zero would let a norm-free network's signal vanish)
         t.copy_(0.5 + torch.rand(t.shape, generator=gen))
     return True
 
