@@ -79,12 +79,15 @@ def channel_norm_modules(model: nn.Module, graph: ChannelGraph) -> Dict[str, str
         'ln'
     """
     mods = dict(model.named_modules())
+    std_types = _std_conv_types()
+    # grouped std-convs have plain ``in`` members: the op record knows they standardise
+    std = {op.module for op in graph.ops if op.kind == "conv" and op.attrs.get("std")}
     out: Dict[str, str] = {}
     for g in graph.searchable:
         for m in g.members:
             mod = mods.get(m.module)
-            if m.role == "in_std":
-                out[m.module] = "std" if isinstance(mod, _std_conv_types()) else "?"
+            if m.role == "in_std" or (m.role == "in" and (m.module in std or isinstance(mod, std_types))):
+                out[m.module] = "std" if isinstance(mod, std_types) else "?"
             elif m.role in NORM_ROLES and isinstance(mod, nn.LayerNorm):
                 out[m.module] = "ln" if len(mod.normalized_shape) == 1 else "?"
             elif m.role in NORM_ROLES and isinstance(mod, nn.GroupNorm):
@@ -104,7 +107,7 @@ def _kept_masks(graph: ChannelGraph, spec: Mapping[int, Sequence[int]], kinds: M
         if not removed:
             continue
         for m in g.members:
-            want = ("in_std",) if kinds.get(m.module) == "std" else NORM_ROLES
+            want = ("in", "in_std") if kinds.get(m.module) == "std" else NORM_ROLES
             if m.module not in kinds or m.role not in want:
                 continue
             mask = masks.setdefault(m.module, torch.ones(sizes[m.module], dtype=torch.bool))
