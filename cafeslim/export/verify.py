@@ -17,6 +17,7 @@ full model's. The checks run on a copy whose constant or vanishing weights
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -175,11 +176,8 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
     graph = analyze(probe, example_input, source=name)
     st: Dict[str, str] = {p: PASSED for p in PROPERTIES}
     details: Dict[str, str] = {}
-    reasons: Dict[str, int] = {}
-    for g in graph.fixed:
-        for r in g.reasons:
-            reasons[r] = reasons.get(r, 0) + 1
-    report = CheckReport(name, st, details, len(graph.searchable), len(graph.fixed), reasons,
+    reasons = Counter(r for g in graph.fixed for r in g.reasons)
+    report = CheckReport(name, st, details, len(graph.searchable), len(graph.fixed), dict(reasons),
                          params=count_params(model), redrawn=len(getattr(probe, "cafeslim_redrawn", [])))
     details["searchable"] = f"{len(graph.searchable)} searchable, {len(graph.fixed)} fixed groups"
     if not graph.searchable:
