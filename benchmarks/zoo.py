@@ -8,6 +8,12 @@ Writes ``docs/coverage.md`` (a row per model, totals) and keeps raw results in
     python benchmarks/zoo.py --only tv:resnet50 --only timm:vit_tiny_patch16_224 --fresh
     python benchmarks/zoo.py --report-only             # rebuild docs/coverage.md from the jsonl
 
+Each model runs ``cafeslim check MODEL --json`` as a subprocess and its whole stdout is
+parsed as one JSON document, so anything else printed there is an error, not lost. Lines of
+``zoo_results.jsonl`` carry the report (``status``, per-property ``statuses``, ``sensitivity``)
+plus ``check`` (the overall status), ``status`` (``ok``/``error: ...``/``timeout``) and
+``seconds``; lines of the older, boolean-only format are still read.
+
 A timm *family* is the leading run of letters of the model name (``resnet50d`` and
 ``resnet152`` are family ``resnet``; ``resnetv2_50`` is ``resnetv``); its representative is
 the model with the fewest parameters, counted on the meta device.
@@ -59,42 +65,29 @@ def timm_families():
     return out
 
 
-def run_one(name: str) -> dict:
-    """Child process: create, check, print one JSON line."""
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
-    from cafeslim.export.verify import check_model
-    from cafeslim.models import create
-
+def spawn(name: str, timeout: int, specs: int = 2) -> dict:
+    """Run ``cafeslim check NAME --json`` in its own process; its whole stdout must be one JSON document."""
     t0 = time.time()
-    info = create(name)
-    report = check_model(info.model, info.example_input(), name, n_specs=2)
-    row = report.to_json()
-    row["seconds"] = round(time.time() - t0, 1)
-    return row
-
-
-def spawn(name: str, timeout: int) -> dict:
-    t0 = time.time()
+    cmd = [sys.executable, "-m", "cafeslim", "check", name, "--json", "--specs", str(specs)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     try:
-        proc = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"model": name, "passed": False, "status": f"timeout after {timeout} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode == 0 and lines:
-        row = json.loads(lines[-1])
-        row["status"] = "ok"
+    seconds = round(time.time() - t0, 1)
+    if proc.returncode in (0, 1):  # 1: a property failed, still a report
+        try:
+            row = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            lines = proc.stdout.count("\n")
+            return {"model": name, "passed": False, "seconds": seconds,
+                    "status": f"error: stdout is not one JSON document ({lines} lines)"}
+        row.update(model=name, check=row.get("status"), status="ok", seconds=seconds)
         return row
     err = (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
     if proc.returncode in (-9, 137) or "MemoryError" in proc.stderr or "DefaultCPUAllocator" in proc.stderr:
-        return {"model": name, "passed": False, "status": "skipped: does not fit in memory",
-                "seconds": round(time.time() - t0, 1)}
-    return {"model": name, "passed": False, "status": f"error: {err}", "seconds": round(time.time() - t0, 1)}
+        return {"model": name, "passed": False, "status": "skipped: does not fit in memory", "seconds": seconds}
+    return {"model": name, "passed": False, "status": f"error: {err}", "seconds": seconds}
 
 
 def load_results() -> dict:
@@ -107,13 +100,43 @@ def load_results() -> dict:
     return out
 
 
-def _cell(row, prop):
+def prop_status(row: dict, prop: str) -> str:
+    """``passed``/``failed``/``not verified`` of one property, also for lines of the old format.
+
+    Old lines have booleans only, and an ``n/a`` detail where equivalence was skipped (and
+    their passes were not proven sensitive, but nothing says which were vacuous).
+    """
+    statuses = row.get("statuses")
+    if statuses:
+        return statuses.get(prop, "")
     props = row.get("properties")
     if not props:
-        return "–"
+        return ""
     if str((row.get("details") or {}).get(prop, "")).startswith("n/a"):
-        return "n/a"
-    return "✓" if props.get(prop) else "✗"
+        return "not verified"
+    return "passed" if props.get(prop) else "failed"
+
+
+def model_status(row: dict) -> str:
+    """The overall status of a results line (old lines: from their booleans)."""
+    if row.get("status") != "ok":
+        return "error"
+    if row.get("check"):
+        return row["check"]
+    values = {prop_status(row, p) for p in PROPS}
+    return "failed" if "failed" in values else "passed" if values <= {"passed"} else "not verified"
+
+
+MARK = {"passed": "✓", "failed": "✗", "not verified": "?", "": "–", "error": "✗"}
+
+
+def _cell(row, prop):
+    return MARK[prop_status(row, prop)]
+
+
+def _sens(row) -> str:
+    s = row.get("sensitivity") or {}
+    return " / ".join("–" if s.get(k) is None else f"{s[k]:.1e}" for k in ("equivalence", "input"))
 
 
 def _reasons(row) -> str:
@@ -122,29 +145,43 @@ def _reasons(row) -> str:
     return "; ".join(f"{n}× {r}" for r, n in top if r not in ("model input", "model output"))
 
 
+def summary(rows) -> str:
+    """A table: per property, how many models passed, failed, were not verified (or did not run)."""
+    rows = list(rows)
+    lines = [f"{'property':<13} {'passed':>7} {'failed':>7} {'not verified':>13} {'no result':>10}"]
+    for prop in (*PROPS, "overall"):
+        got = [model_status(r) if prop == "overall" else prop_status(r, prop) if r.get("status") == "ok" else ""
+               for r in rows]
+        n = {k: sum(1 for s in got if s == k) for k in ("passed", "failed", "not verified")}
+        lines.append(f"{prop:<13} {n['passed']:>7} {n['failed']:>7} {n['not verified']:>13} "
+                     f"{len(got) - sum(n.values()):>10}")
+    return "\n".join(lines)
+
+
 def write_report(results: dict, tv_names, timm_names, command: str) -> None:
     def table(names):
-        rows = ["| model | searchable | fixed | FLOPs at uniform 0.5 | " + " | ".join(PROPS) + " | pass | notes |",
-                "|---|---|---|---|" + "---|" * len(PROPS) + "---|---|"]
+        rows = ["| model | searchable | fixed | FLOPs at uniform 0.5 | " + " | ".join(PROPS)
+                + " | status | sensitivity (equivalence / input) | notes |",
+                "|---|---|---|---|" + "---|" * len(PROPS) + "---|---|---|"]
         for n in names:
             r = results.get(n)
             if r is None:
-                rows.append(f"| {n} | | | | " + " | " * len(PROPS) + " not run |")
+                rows.append(f"| {n} | | | | " + " | " * len(PROPS) + " | | not run |")
                 continue
             ratio = r.get("uniform_half_flops_ratio")
             notes = r.get("status", "") if r.get("status") != "ok" else _reasons(r)
-            if r.get("status") == "ok" and not r.get("passed"):
-                bad = [f"{k}: {v}" for k, v in (r.get("details") or {}).items() if not r["properties"].get(k)]
+            if r.get("status") == "ok" and model_status(r) != "passed":
+                bad = [f"{k}: {v}" for k, v in (r.get("details") or {}).items() if prop_status(r, k) != "passed"]
                 notes = "; ".join(bad)[:300]
             rows.append(f"| {n} | {r.get('searchable_groups', '–')} | {r.get('fixed_groups', '–')} | "
                         f"{'' if ratio is None else f'{ratio:.2f}'} | "
                         + " | ".join(_cell(r, p) for p in PROPS)
-                        + f" | {'✓' if r.get('passed') else '✗'} | {notes.replace('|', '/')} |")
+                        + f" | {MARK[model_status(r)]} | {_sens(r)} | {notes.replace('|', '/')} |")
         return rows
 
     def totals(names):
         done = [results[n] for n in names if n in results]
-        passed = sum(1 for r in done if r.get("passed"))
+        passed = sum(1 for r in done if model_status(r) == "passed")
         skipped = sum(1 for r in done if str(r.get("status", "")).startswith("skipped"))
         return passed, len(done), skipped, len(names)
 
@@ -155,11 +192,14 @@ def write_report(results: dict, tv_names, timm_names, command: str) -> None:
         "",
         "`cafeslim check` on every torchvision classification model and on the smallest model of",
         "every timm family (randomly initialised, at the model's default input size, each in its",
-        "own process). A model passes when it has at least one searchable group and every",
-        "property holds on random prefix and scattered IndexSpecs: it runs, keeps the output",
-        "shape, equals the original with the removed channels' input weights zeroed (n/a where",
-        "LayerNorm/GroupNorm normalise searchable channels), FlopsModel is within 0.5% of fvcore on",
-        "the slimmed model, and ONNX (onnxruntime) and `.pt2` reproduce PyTorch.",
+        "own process, through `cafeslim check --json`). A model passes when it has at least one",
+        "searchable group and every property holds on random prefix and scattered IndexSpecs: it",
+        "runs, keeps the output shape, equals the full-width reference (removed channels ignored,",
+        "channel norms masked to the kept channels), FlopsModel is within 0.5% of fvcore on the",
+        "slimmed model, and ONNX (onnxruntime) and `.pt2` reproduce PyTorch; `?` marks a property",
+        "that is *not verified*: its comparison could not have failed on that model (see",
+        "docs/check.md). Rows of the previous format show `?` only for equivalence n/a; their",
+        "sensitivity is `–`.",
         "",
         f"Produced by: `{command}`",
         "",
@@ -186,35 +226,33 @@ def write_report(results: dict, tv_names, timm_names, command: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--child")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--specs", type=int, default=2, help="random IndexSpecs per model (check --specs)")
     ap.add_argument("--only", action="append")
     ap.add_argument("--fresh", action="store_true", help="rerun models that already have a result")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--no-tv", action="store_true")
     args = ap.parse_args()
-    if args.child:
-        print(json.dumps(run_one(args.child)))
-        return
     tv_names = [] if args.no_tv else torchvision_models()
     timm_names = [] if args.no_timm else list(timm_families().values())
     results = load_results()
     todo = args.only or [n for n in tv_names + timm_names if args.fresh or n not in results]
+    done = []
     if not args.report_only:
         def work(name):
-            row = spawn(name, args.timeout)
+            row = spawn(name, args.timeout, args.specs)
             with RESULTS.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"{name}: {'PASS' if row.get('passed') else 'FAIL'} {row.get('status')} "
+            print(f"{name}: {model_status(row).upper()} {row.get('status')} sensitivity {_sens(row)} "
                   f"{row.get('seconds', '')}s", flush=True)
             return row
 
         with ThreadPoolExecutor(args.jobs) as pool:
-            for row in pool.map(work, todo):
-                results[row["model"]] = row
+            done = list(pool.map(work, todo))
     results = load_results()
+    print(summary(done or results.values()))
     write_report(results, torchvision_models(), list(timm_families().values()),
                  "python benchmarks/zoo.py --jobs 2")
 

@@ -11,9 +11,9 @@ the others, because users hit exporter gaps on models that are otherwise fine.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +67,35 @@ def _check(diff: float, scale: float, what: str, rtol: Optional[float], atol: Op
 
 
 @contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout, by Python or by C++ code, to stderr for a while.
+
+    The TorchScript ONNX exporter's fallback paths print whole graphs with ``printf`` on
+    file descriptor 1, which ``contextlib.redirect_stdout`` cannot catch; ``--json`` output
+    must stay one document on stdout, so file descriptor 1 itself is pointed at stderr.
+
+    Example:
+        >>> with stdout_to_stderr():
+        ...     torch.onnx.export(model, (x,), "m.onnx")
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (embedded interpreters): nothing to protect
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def _eval(model: nn.Module) -> Iterator[nn.Module]:
     was = model.training
     model.eval()
@@ -113,7 +142,7 @@ def save_pt2(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
     x = example_input
     # A batch of one would be specialised to 1; two keeps the batch axis symbolic.
     xe = torch.cat([x, x]) if x.shape[0] == 1 else x
-    with _eval(model), torch.no_grad():
+    with _eval(model), torch.no_grad(), stdout_to_stderr():
         try:
             try:
                 ep = torch.export.export(model, (xe,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
@@ -174,7 +203,7 @@ def save_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
         errors = []
         for dynamo in (False, True):
             try:
-                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                with warnings.catch_warnings(), stdout_to_stderr():
                     warnings.simplefilter("ignore")
                     if dynamo:
                         torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"],

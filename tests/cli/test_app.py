@@ -110,21 +110,12 @@ def test_inspect_json_and_table(capsys):
     assert "+2 more" in text and "[x[:, :3]]" in text and "1.81G" in text
 
 
-def test_check_and_export_renderers(capsys):
+def test_export_renderer(capsys):
+    # the check renderers' test lives in tests/export/test_check.py
     from types import SimpleNamespace
 
-    from cafeslim.cli.check import check_json, render_check
     from cafeslim.cli.export import render_export
 
-    report = SimpleNamespace(passed=False, properties={"runs": True, "onnx_matches": False},
-                             details={"onnx_matches": "max diff 3e-3"},
-                             searchable_groups=37, fixed_groups=2)
-    assert check_json("tv:resnet50", report) == {
-        "model": "tv:resnet50", "passed": False, "properties": {"runs": True, "onnx_matches": False},
-        "searchable_groups": 37, "fixed_groups": 2}
-    render_check("tv:resnet50", report)
-    text = capsys.readouterr().out
-    assert "✓ runs" in text and "✗ onnx_matches  max diff 3e-3" in text and "FAIL" in text
     render_export("tv:resnet18", SimpleNamespace(flops_before=1.8e9, flops_after=0.45e9,
                                                  params_before=11.7e6, params_after=3e6,
                                                  files=["exports/r18/model.pt"]))
