@@ -30,7 +30,8 @@ from torch import nn
 
 from .config import DEMO_PRESET, MinMinConfig, SearchConfig, ensure_empty_dir
 from .errors import ConfigError, ExportError
-from .export.formats import FORMATS, ExportResult, export_model, widths_info
+from .export.formats import FORMATS, ExportResult, export_model
+from .export.widths import widths_info
 from .graph import IndexSpec, analyze
 from .supernet import StepStats, Supernet, unwrap
 

@@ -11,13 +11,11 @@ from .formats import (
     ExportResult,
     export_model,
     output_scale,
-    read_widths_json,
     save_onnx,
     save_pt,
     save_pt2,
-    widths_info,
-    write_widths_json,
 )
+from .widths import read_widths_json, widths_info, write_widths_json
 from .slim import module_attributes, patched_attributes, slim, sliced_state
 
 __all__ = [

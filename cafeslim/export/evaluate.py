@@ -87,7 +87,7 @@ class EvalReport:
 def _locate(target: str) -> Tuple[Optional[Path], Dict[str, Any]]:
     """(export folder or None for a model name, widths.json content or {})."""
     from ..pipeline.report import read_result
-    from .formats import read_widths_json
+    from .widths import read_widths_json
     from ..pipeline.run_export import is_run_dir
 
     path = Path(target)

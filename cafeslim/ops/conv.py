@@ -158,6 +158,9 @@ class ConvHandler(OpHandler):
     def channel_count(self, module: nn.Module) -> Optional[int]:
         return module.out_channels
 
+    def describe(self, module: nn.Module) -> Optional[Dict[str, Any]]:
+        return {"in": module.in_channels, "out": module.out_channels, "groups": module.groups}
+
     def example(self):
         class Net(nn.Module):
             def __init__(self):

@@ -45,6 +45,9 @@ class LinearHandler(OpHandler):
     def channel_count(self, module: nn.Module) -> Optional[int]:
         return module.out_features
 
+    def describe(self, module: nn.Module) -> Optional[Dict[str, Any]]:
+        return {"in": module.in_features, "out": module.out_features}
+
     def example(self):
         class Net(nn.Module):
             def __init__(self):

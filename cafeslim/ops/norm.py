@@ -197,6 +197,9 @@ class LayerNormHandler(OpHandler):
     def channel_count(self, module: nn.Module) -> Optional[int]:
         return module.normalized_shape[0] if module.normalized_shape else None
 
+    def describe(self, module: nn.Module) -> Optional[Dict[str, Any]]:
+        return {"channels": list(module.normalized_shape)}
+
     def example(self):
         return nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.GELU(), nn.Linear(6, 3)), torch.randn(2, 5, 4)
 

@@ -124,6 +124,11 @@ class OpHandler:
         """Entries on axis 0 that the module's channel-wise tensors must have (None: no check)."""
         return None
 
+    def describe(self, module: nn.Module) -> Optional[Dict[str, Any]]:
+        """The module's channels for ``widths.json`` (None: not listed there)."""
+        count = self.channel_count(module)
+        return None if count is None else {"channels": count}
+
     def shape_args(self, ctx: Any, node: fx.Node) -> Optional[Sequence[Any]]:
         """The target shape this op takes as arguments, when a channel count there may follow
         the input's width (``x.view(B, C, -1)`` with ``C`` read off ``x``)."""

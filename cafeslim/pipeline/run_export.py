@@ -122,7 +122,8 @@ def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "
         >>> rep.top1("slimmed") == rep.recorded_top1 == rep.top1("onnx")        # doctest: +SKIP
         True
     """
-    from ..export.formats import export_model, widths_info, write_widths_json
+    from ..export.formats import export_model
+    from ..export.widths import widths_info, write_widths_json
     from ..flops import count_flops, count_params
     from .report import read_result
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Union
 import numpy as np
 
 from ..errors import ConfigError
-from ..export.formats import FORMATS, ExportResult, export_model, read_widths_json, widths_info
+from ..export.formats import FORMATS, ExportResult, export_model
+from ..export.widths import read_widths_json, widths_info
 from ..export.slim import slim
 from .objects import analyze_info
 from ..config import ensure_empty_dir

@@ -26,7 +26,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +33,7 @@ from ..errors import ConfigError
 from ..export.slim import module_attributes, patched_attributes, slim
 from ..graph.indices import Indices, gather_indices
 from ..graph.channel_graph import ChannelGraph, IndexSpec
+from .gather import GatherOp, gather, gather_ops
 
 SpecKey = Tuple[Tuple[int, Tuple[int, ...]], ...]
 """Hashable form of an IndexSpec: only the groups that lose channels; ``()`` is the full model."""
@@ -87,63 +87,14 @@ def bn_modules(model: nn.Module) -> List[Tuple[str, nn.modules.batchnorm._NormBa
 # --------------------------------------------------------------------------- prepared specs
 
 @dataclass
-class _Op:
-    """One axis of a gather: a zero-copy ``narrow`` for a contiguous run, else ``index_select``
-    (or, without autograd, a ``cat`` of the few runs: see :func:`_gather`)."""
-
-    axis: int
-    start: int = 0
-    length: int = 0
-    index: Optional[torch.Tensor] = None
-    runs: Tuple[Tuple[int, int], ...] = ()
-
-
-@dataclass
 class _Prepared:
     """Everything a forward needs for one spec, computed once (see :meth:`Supernet.prepare`)."""
 
     spec: IndexSpec
     indices: Indices
     attrs: Dict[str, Dict[str, Any]]
-    ops: Dict[str, Tuple[nn.Module, str, List[_Op]]] = field(default_factory=dict)
+    ops: Dict[str, Tuple[nn.Module, str, List[GatherOp]]] = field(default_factory=dict)
     device: Optional[torch.device] = None
-
-
-def _ops_for(axes: Sequence[Tuple[int, torch.Tensor]], device: torch.device) -> List[_Op]:
-    out = []
-    for axis, idx in axes:
-        a = idx.detach().cpu().numpy()
-        if a.size and a[-1] - a[0] + 1 == a.size:
-            # Sorted and unique (gather_indices' contract), so this is a contiguous run: a view.
-            # Candidate 0 (the fixed pattern) is all runs, and a view costs no kernel at all,
-            # which matters on a loaded CPU where every parallel op waits for its threads.
-            out.append(_Op(axis, int(a[0]), int(a.size)))
-        else:
-            breaks = np.flatnonzero(np.diff(a) != 1) + 1
-            starts = np.concatenate([[0], breaks])
-            ends = np.concatenate([breaks, [a.size]])
-            runs = tuple((int(a[s]), int(e - s)) for s, e in zip(starts, ends)) if len(starts) <= _MAX_RUNS else ()
-            out.append(_Op(axis, index=idx.to(device), runs=runs))
-    return out
-
-
-_MAX_RUNS = 8
-
-
-def _gather(t: torch.Tensor, ops: Sequence[_Op]) -> torch.Tensor:
-    grad = torch.is_grad_enabled() and t.requires_grad
-    for op in ops:
-        if op.index is None:
-            if op.length != t.shape[op.axis]:
-                t = t.narrow(op.axis, op.start, op.length)
-        elif op.runs and op.axis > 0 and not grad:
-            # index_select on an inner axis takes a slow strided path on CPU (2-3x slower than
-            # copying a locally free pattern's few runs). Only without autograd: the backward
-            # of each narrow would allocate a full-size zero gradient.
-            t = torch.cat([t.narrow(op.axis, s, n) for s, n in op.runs], op.axis)
-        else:
-            t = t.index_select(op.axis, op.index)
-    return t
 
 
 # --------------------------------------------------------------------------- the supernet
@@ -264,14 +215,14 @@ class Supernet(nn.Module):
             ops = {}
             # gather_indices shares one index tensor between the members of a group: analyse
             # each tensor once.
-            memo: Dict[Tuple[int, int], List[_Op]] = {}
+            memo: Dict[Tuple[int, int], List[GatherOp]] = {}
             for q, axes in indices.items():
                 modname, _, name = q.rpartition(".")
-                plan: List[_Op] = []
+                plan: List[GatherOp] = []
                 for axis, idx in axes:
                     mkey = (id(idx), axis)
                     if mkey not in memo:
-                        memo[mkey] = _ops_for([(axis, idx)], device)
+                        memo[mkey] = gather_ops([(axis, idx)], device)
                     plan.extend(memo[mkey])
                 ops[q] = (modules[modname], name, plan)
         prep = _Prepared(spec, indices, attrs, ops, device)
@@ -307,7 +258,7 @@ class Supernet(nn.Module):
                 t = owner._buffers.get(name)
             if t is None:
                 t = getattr(owner, name)
-            out[qualname] = _gather(t, ops)
+            out[qualname] = gather(t, ops)
         return out
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:

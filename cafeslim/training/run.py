@@ -102,7 +102,7 @@ def make_teacher(t: Target, choice: Optional[str], num_classes: int,
 def _widths_meta(t: Target, meta: Dict[str, Any], graph: Any, info: Any, model: nn.Module,
                  x: Any) -> Dict[str, Any]:
     """``widths.json`` of the trained model: the target's, or made from its graph."""
-    from ..export.formats import widths_info
+    from ..export.widths import widths_info
     from ..flops import count_flops
 
     flops = float(count_flops(model, x))

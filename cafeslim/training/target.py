@@ -95,7 +95,7 @@ def resolve_target(target: str, budget: Optional[str] = None) -> Target:
         >>> resolve_target("timm:test_resnet").kind
         'model'
     """
-    from ..export.formats import read_widths_json
+    from ..export.widths import read_widths_json
     from ..pipeline.report import read_result
     from ..pipeline.run_export import pick_budget
 
@@ -176,7 +176,7 @@ def load_module(path: Path) -> nn.Module:
 
 def _inherit_run(t: Target) -> Tuple[nn.Module, Dict[str, Any]]:
     """The run's sub-network with supernet weights and recalibrated BN (``cafeslim export``)."""
-    from ..export.formats import read_widths_json
+    from ..export.widths import read_widths_json
     from ..pipeline.run_export import export_run
 
     with tempfile.TemporaryDirectory() as tmp:
