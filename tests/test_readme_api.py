@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -15,21 +14,18 @@ from cafeslim.flops import count_flops
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def api_example() -> str:
+@pytest.fixture(scope="module")
+def api_example(readme_block):
     """The first ```python block under ``## Python API`` in README.md."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```python\n(.*?)```", section, re.S)
-    assert block is not None, "README's Python API section has no python block"
-    return block.group(1)
+    return readme_block("Python API")
 
 
-def test_the_example_is_short():
-    assert len(api_example().strip().splitlines()) <= 15
+def test_the_example_is_short(api_example):
+    assert len(api_example.strip().splitlines()) <= 15
 
 
 @pytest.fixture(scope="module")
-def ran(tmp_path_factory):
+def ran(tmp_path_factory, api_example):
     folder = tmp_path_factory.mktemp("readme")
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -37,7 +33,7 @@ def ran(tmp_path_factory):
     cwd = Path.cwd()
     try:
         os.chdir(folder)  # the example writes "exported/" where it runs
-        exec(compile(api_example(), str(README), "exec"), namespace)
+        exec(compile(api_example, str(README), "exec"), namespace)
     finally:
         os.chdir(cwd)
     return folder, namespace

@@ -123,21 +123,12 @@ def _load_model(folder: Path) -> Any:
 
 
 def _accuracy(model: Any, loader: Any) -> Tuple[float, float, int]:
-    import torch
+    from ..metrics import topk_accuracy
 
-    top1 = top5 = n = 0
-    with torch.inference_mode():
-        for images, labels in loader:
-            out = model(images)
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            k = min(5, out.shape[1])
-            best = out.topk(k, dim=1).indices
-            top1 += int((best[:, 0] == labels).sum())
-            top5 += int((best == labels[:, None]).any(1).sum())
-            n += int(labels.numel())
+    top1, top5, n = topk_accuracy(model, loader)
     if n == 0:
         raise DataError("the evaluation split is empty")
-    return top1 / n, top5 / n, n
+    return top1, top5, n
 
 
 def _paired_medians(fns: Sequence[Any], repeats: int, max_seconds: float) -> List[float]:

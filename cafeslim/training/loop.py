@@ -35,6 +35,7 @@ from torch import nn
 
 from ..config import RETRAIN_RESUMABLE, RetrainConfig, changed_settings, to_dict
 from ..errors import CheckpointError, DataError, OutputExistsError
+from ..metrics import topk_accuracy
 from ..supernet import distributed
 from ..supernet.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from ..supernet.schedule import amp_setup
@@ -87,9 +88,8 @@ def model_fingerprint(model: nn.Module, name: str = "") -> Dict[str, Any]:
             "shapes": hashlib.sha1(text.encode()).hexdigest()[:16]}
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, batches: Iterable[Any], device: torch.device) -> Tuple[float, float, int]:
-    """Top-1, top-5 and the image count of ``model`` (eval mode) over ``batches``.
+    """Top-1, top-5 and the image count of ``model`` in eval mode over ``batches``.
 
     Example:
         >>> accuracy(nn.Flatten(), [(torch.eye(3), torch.arange(3))], torch.device("cpu"))
@@ -97,17 +97,10 @@ def accuracy(model: nn.Module, batches: Iterable[Any], device: torch.device) -> 
     """
     was = model.training
     model.eval()
-    top1 = top5 = n = 0
-    for images, labels in batches:
-        logits = model(images.to(device))
-        labels = labels.to(device)
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == labels.view(-1, 1)
-        top1 += int(hits[:, 0].sum())
-        top5 += int(hits.any(dim=1).sum())
-        n += int(labels.numel())
-    model.train(was)
-    return (top1 / n, top5 / n, n) if n else (float("nan"), float("nan"), 0)
+    try:
+        return topk_accuracy(model, batches, device)
+    finally:
+        model.train(was)
 
 
 def _epoch_iter(data: Any, epoch: int, position: int) -> Iterable[Any]:

@@ -15,8 +15,6 @@ from cafeslim.errors import BudgetError
 from cafeslim.export import slim
 from cafeslim.flops import count_flops
 
-from conftest import analysed
-
 FULL = 4.0e9
 
 
@@ -105,7 +103,7 @@ def test_coarse_bins_that_cannot_hit_the_window_say_so():
 
 
 @pytest.mark.parametrize("name", ["timm:test_resnet", "timm:test_efficientnet"])
-def test_widths_land_in_the_window_and_fvcore_agrees(name):
+def test_widths_land_in_the_window_and_fvcore_agrees(analysed, name):
     a = analysed(name, with_model_flops=True)
     rng = np.random.default_rng(0)
     for space in (make_bins(a.graph, a.fm, beta=1.0), channel_space(a.graph, a.fm)):
@@ -126,7 +124,7 @@ def test_widths_land_in_the_window_and_fvcore_agrees(name):
                 assert 0.97 * budget * (1 - 1e-4) <= truth <= budget * (1 + 1e-4)
 
 
-def test_uniform_widths_is_uniform_on_the_channel_space():
+def test_uniform_widths_is_uniform_on_the_channel_space(analysed):
     a = analysed("timm:test_resnet")
     space = channel_space(a.graph, a.fm)
     k = uniform_widths(space, a.fm, 0.5 * a.fm.full)
@@ -135,14 +133,14 @@ def test_uniform_widths_is_uniform_on_the_channel_space():
     assert np.ptp(fr) <= 2.0 / space.num_bins.min() + 1e-9
 
 
-def test_full_budget_gives_the_full_model():
+def test_full_budget_gives_the_full_model(analysed):
     a = analysed("timm:test_resnet")
     space = make_bins(a.graph, a.fm)
     assert (uniform_widths(space, a.fm, a.fm.full) == space.num_bins).all()
 
 
 @pytest.mark.slow
-def test_random_widths_resnet50_speed():
+def test_random_widths_resnet50_speed(analysed):
     a = analysed("tv:resnet50")
     space = make_bins(a.graph, a.fm, beta=1.0)
     budget = 0.5 * a.fm.full

@@ -14,8 +14,6 @@ from cafeslim.errors import ConfigError
 from cafeslim.flops import FlopsModel
 from cafeslim.graph import analyze
 
-from conftest import ConvChain, analysed
-
 
 def _eq6(cin, cout, hw, k):
     """Eq. 6: FLOPs(c_in, c_out) = c_in * c_out * H * W * K^2."""
@@ -53,7 +51,7 @@ def test_smaller_beta_never_gives_fewer_bins(conv_chain):
 
 
 @pytest.mark.parametrize("name", ["tv:resnet50", "tv:mobilenet_v2", "tv:efficientnet_b0"])
-def test_flops_per_bin_is_even(name):
+def test_flops_per_bin_is_even(analysed, name):
     a = analysed(name)
     space = make_bins(a.graph, a.fm, beta=1.0)
     uniform = make_bins(a.graph, a.fm, mode="uniform", num_bins=int(round(space.num_bins.mean())))
@@ -63,7 +61,7 @@ def test_flops_per_bin_is_even(name):
     assert spread_uniform > 3 * spread
 
 
-def test_resnet50_has_the_papers_37_groups():
+def test_resnet50_has_the_papers_37_groups(analysed):
     a = analysed("tv:resnet50")
     assert len(make_bins(a.graph, a.fm).groups) == 37
 
@@ -104,9 +102,9 @@ def test_bad_arguments(conv_chain):
             make_bins(g, fm, **kwargs)
 
 
-def test_blocked_groups_bin_per_block():
+def test_blocked_groups_bin_per_block(make_conv_chain):
     torch.manual_seed(0)
-    model = ConvChain(widths=(3, 8, 16, 12), groups=(1, 4, 1)).eval()
+    model = make_conv_chain(widths=(3, 8, 16, 12), groups=(1, 4, 1)).eval()
     x = torch.randn(1, 3, 16, 16)
     graph = analyze(model, x)
     fm = FlopsModel(graph, model, x)
@@ -144,9 +142,9 @@ def test_json_document_has_exactly_the_documented_keys(conv_chain):
     assert flops_per_bin(make_bins(conv_chain.graph, conv_chain.fm)).shape == (3,)
 
 
-def test_l1_order_puts_the_largest_weights_first():
+def test_l1_order_puts_the_largest_weights_first(make_conv_chain):
     torch.manual_seed(0)
-    model = ConvChain(widths=(3, 8, 16, 12), groups=(1, 4, 1)).eval()
+    model = make_conv_chain(widths=(3, 8, 16, 12), groups=(1, 4, 1)).eval()
     with torch.no_grad():
         model.convs[0].weight[5].mul_(100)   # group of 8 in 4 blocks of 2: local channel 1
         model.convs[1].weight[6].mul_(100)   # group of 16 in 4 blocks of 4: local channel 2

@@ -3,9 +3,10 @@
 import importlib
 import os
 import pickle
+import sys
+import textwrap
 import time
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,14 +18,61 @@ from cafeslim.models import ModelInfo, create, load_weights, read_state_dict, re
 # The network probe the offline tests replace (create() calls it through this module).
 hub_mod = importlib.import_module("cafeslim.models.hub")
 
-HERE = Path(__file__).parent
+# A user's own model module, as `create("tiny_user_models:build")` finds it on sys.path.
+TINY_MODULE = "tiny_user_models"
+TINY_SOURCE = textwrap.dedent("""\
+    import torch
+    from torch import nn
+
+
+    class TinyNet(nn.Module):
+        def __init__(self, num_classes: int = 10, in_chans: int = 3):
+            super().__init__()
+            self.conv = nn.Conv2d(in_chans, 8, 3, padding=1)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.bn(self.conv(x)))
+            return self.fc(x.mean((2, 3)))
+
+
+    class SizedNet(TinyNet):
+        default_input_size = (32, 48)
+
+
+    def build():
+        return TinyNet()
+
+
+    def build_with_classes(num_classes: int = 10):
+        return TinyNet(num_classes=num_classes)
+
+
+    def build_gray():
+        return TinyNet(in_chans=1)
+
+
+    def build_sized():
+        return SizedNet()
+
+
+    def not_a_model():
+        return 42
+
+
+    INSTANCE = TinyNet(num_classes=5)
+""")
 
 
 @pytest.fixture
-def tiny(monkeypatch):
-    """Make tests/models importable so that `_tiny_models:build` resolves."""
-    monkeypatch.syspath_prepend(str(HERE))
-    return "_tiny_models"
+def tiny(monkeypatch, tmp_path):
+    """A user model module written to tmp_path, put first on sys.path; returns its name."""
+    (tmp_path / f"{TINY_MODULE}.py").write_text(TINY_SOURCE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, TINY_MODULE, raising=False)   # imported afresh from here
+    yield TINY_MODULE
+    sys.modules.pop(TINY_MODULE, None)
 
 
 # --- name resolution ---------------------------------------------------------------------------

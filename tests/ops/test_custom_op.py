@@ -1,8 +1,5 @@
 """The README's "Custom layers" example: a layer fx cannot trace becomes searchable once registered."""
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -13,27 +10,16 @@ from cafeslim.export.verify import check_model
 from cafeslim.graph import analyze
 from cafeslim.ops import module_handler, register_op, registered_op, registry_snapshot, unregister_op
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def _readme_block() -> str:
-    text = README.read_text()
-    section = text.split("\n## Custom layers", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert blocks, "README.md's 'Custom layers' section has no python block"
-    return blocks[0]
-
-
 def _scale_group(graph):
     hits = [g for g in graph.groups if any(m.module == "1" and m.name == "scale" for m in g.members)]
     return hits[0] if hits else None
 
 
-def test_readme_custom_layer_becomes_searchable_and_checks():
+def test_readme_custom_layer_becomes_searchable_and_checks(readme_block):
     x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
     ns: dict = {}
     with registry_snapshot():
-        exec(compile(_readme_block(), "README.md", "exec"), ns)
+        exec(compile(readme_block("Custom layers"), "README.md", "exec"), ns)
         net = ns["net"]
         after = analyze(net, x)
         group = _scale_group(after)

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from _search_models import built, space_of
 from cafeslim.bins import space_flops
 from cafeslim.errors import ConfigError
 from cafeslim.search import (EvolutionSearcher, FunctionFitness, RandomSearcher, Window, crossover,
@@ -17,8 +16,8 @@ LOW = 0.97
 
 
 @pytest.fixture(scope="module")
-def setup():
-    b = built()
+def setup(small_cnn, space_of):
+    b = small_cnn()
     space = space_of(b, beta=0.5)
     w = np.random.default_rng(3).uniform(0.2, 1.0, len(space.groups))
     # A known objective: weighted kept fraction per group. Under a FLOPs window the optimum

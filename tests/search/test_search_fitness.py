@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from _search_models import batches, built, space_of
 from cafeslim.search import Fitness, FunctionFitness
 from cafeslim.supernet import Supernet
 
@@ -20,12 +19,23 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def _fitness(offset=1, **kw):
-    b = built()
-    space = space_of(b, offset=offset)
-    net = Supernet(b.model, b.graph, space)
-    kw.setdefault("recal_n", 3)
-    return Fitness(net, space, batches(4), batches(2, seed=1), flops_model=b.fm, **kw), space, net, b
+@pytest.fixture
+def batches(synthetic_batches):
+    """``batches(n, seed=0)``: the shared synthetic batches, under a shorter name."""
+    return synthetic_batches
+
+
+@pytest.fixture
+def make_fitness(small_cnn, space_of, batches):
+    """``make_fitness(offset=1, **kw) -> (fitness, space, supernet, built)`` on the small CNN."""
+    def make(offset=1, **kw):
+        b = small_cnn()
+        space = space_of(b, offset=offset)
+        net = Supernet(b.model, b.graph, space)
+        kw.setdefault("recal_n", 3)
+        return Fitness(net, space, batches(4), batches(2, seed=1), flops_model=b.fm, **kw), space, net, b
+
+    return make
 
 
 def _accuracy(model, val):
@@ -37,8 +47,8 @@ def _accuracy(model, val):
     return correct / total
 
 
-def test_candidate_scores_are_those_of_the_exported_subnets():
-    fit, space, net, b = _fitness()
+def test_candidate_scores_are_those_of_the_exported_subnets(make_fitness, batches):
+    fit, space, net, b = make_fitness()
     net.train()
     k = space.num_bins // 2
     res = fit(k)
@@ -54,8 +64,8 @@ def test_candidate_scores_are_those_of_the_exported_subnets():
     assert res.flops == pytest.approx(b.fm.flops(space.widths(k)))   # every candidate: k's widths
 
 
-def test_candidates_keep_the_widths_of_the_fixed_pattern():
-    b = built()
+def test_candidates_keep_the_widths_of_the_fixed_pattern(small_cnn, space_of):
+    b = small_cnn()
     space = space_of(b, beta=2.5)          # bins of 5 channels: 24 and 48 end in a smaller bin
     assert any(g.bounds[-1][1] - g.bounds[-1][0] < g.bin_size for g in space.groups)
     fit = FunctionFitness(lambda k: 0.0, space)
@@ -69,8 +79,8 @@ def test_candidates_keep_the_widths_of_the_fixed_pattern():
     assert space.candidates(k, r=1) == cands
 
 
-def test_max_max_picks_the_best_candidate_and_caches():
-    fit, space, net, _ = _fitness()
+def test_max_max_picks_the_best_candidate_and_caches(make_fitness):
+    fit, space, net, _ = make_fitness()
     k = space.num_bins // 2
     specs = fit.candidate_specs(k)
     scores = {str(s): v for s, v in zip(specs, (0.2, 0.1, 0.7))}
@@ -90,14 +100,14 @@ def test_max_max_picks_the_best_candidate_and_caches():
     assert s["candidates"] == 3 and s["recal_share"] + s["eval_share"] + s["prepare_share"] == pytest.approx(1)
 
 
-def test_offset_zero_scores_the_fixed_pattern_only():
-    fit, space, _, _ = _fitness(offset=0)
+def test_offset_zero_scores_the_fixed_pattern_only(make_fitness):
+    fit, space, _, _ = make_fitness(offset=0)
     res = fit(space.num_bins // 2)
     assert len(res.candidate_top1s) == 1 and res.best_spec == space.fixed_spec(space.num_bins // 2)
 
 
-def test_cache_records_reload_with_the_same_spec():
-    fit, space, net, b = _fitness()
+def test_cache_records_reload_with_the_same_spec(make_fitness, batches):
+    fit, space, net, b = make_fitness()
     fit._top1 = lambda spec: (float(sum(len(v) for v in spec.values()) % 7) / 7, 1)
     rng = np.random.default_rng(0)
     ks = space.sample(rng, 4)
@@ -110,7 +120,7 @@ def test_cache_records_reload_with_the_same_spec():
         assert c is not None and c.best_spec == a.best_spec and c.top1 == a.top1 and c.flops == a.flops
 
 
-def test_batches_are_read_once_and_never_beyond_the_limit():
+def test_batches_are_read_once_and_never_beyond_the_limit(make_fitness, batches):
     data, opened, read = batches(6), [], []
 
     def source():
@@ -119,7 +129,7 @@ def test_batches_are_read_once_and_never_beyond_the_limit():
             read.append(1)
             yield b
 
-    fit, space, _, _ = _fitness(recal_n=3)
+    fit, space, _, _ = make_fitness(recal_n=3)
     fit2 = Fitness(fit.net, space, source, batches(2, seed=1), recal_n=3)
     fit2(space.num_bins // 2)
     fit2(space.num_bins // 3)
@@ -130,8 +140,8 @@ def test_batches_are_read_once_and_never_beyond_the_limit():
     assert len(opened) == 3 and len(read) == 9        # streamed for each of the 3 candidates
 
 
-def test_function_fitness_uses_the_fixed_pattern():
-    b = built()
+def test_function_fitness_uses_the_fixed_pattern(small_cnn, space_of):
+    b = small_cnn()
     space = space_of(b)
     fit = FunctionFitness(lambda k: float(k.sum()), space, flops_model=b.fm)
     res = fit(space.num_bins)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from _search_models import built, space_of
 from cafeslim.bins import random_widths, space_flops
 from cafeslim.errors import ConfigError
 from cafeslim.search import (FunctionFitness, SubGroupBins, evolution_search, plan_stages,
@@ -33,8 +32,8 @@ def _subset(spec, parent):
 
 
 @pytest.mark.parametrize("groups", [1, 4])
-def test_shrunk_space_only_keeps_the_previous_result(groups):
-    b = built(groups=groups)
+def test_shrunk_space_only_keeps_the_previous_result(small_cnn, space_of, groups):
+    b = small_cnn(groups=groups)
     space = space_of(b, beta=2.0, min_width=0.25)
     graph, rng = b.graph, np.random.default_rng(0)
     k = (space.num_bins * 0.6).astype(int)
@@ -69,8 +68,8 @@ def test_shrunk_space_only_keeps_the_previous_result(groups):
         shrink_space(sub, space.fixed_spec(space.num_bins), b.fm)
 
 
-def test_run_stages_trains_searches_shrinks_and_resumes():
-    b = built()
+def test_run_stages_trains_searches_shrinks_and_resumes(small_cnn, space_of):
+    b = small_cnn()
     space = space_of(b, beta=2.0)
     w = np.random.default_rng(5).uniform(0.2, 1.0, len(space.groups))
     target = 0.4 * b.fm.full
