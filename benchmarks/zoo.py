@@ -185,6 +185,13 @@ def write_report(results: dict, tv_names, timm_names, command: str) -> None:
         skipped = sum(1 for r in done if str(r.get("status", "")).startswith("skipped"))
         return passed, len(done), skipped, len(names)
 
+    def strict(names):
+        # Rows of the previous format never proved sensitivity: count the three-way rows apart.
+        rows = [results[n] for n in names if n in results and results[n].get("statuses")]
+        by = {s: sum(1 for r in rows if model_status(r) == s) for s in ("passed", "failed", "not verified")}
+        return (f"{len(rows)} with the three-way check: {by['passed']} passed, {by['failed']} failed, "
+                f"{by['not verified']} not verified")
+
     tvp, tvd, tvs, tvn = totals(tv_names)
     tip, tid, tis, tin = totals(timm_names)
     lines = [
@@ -203,8 +210,8 @@ def write_report(results: dict, tv_names, timm_names, command: str) -> None:
         "",
         f"Produced by: `{command}`",
         "",
-        f"- torchvision: **{tvp} of {tvn}** pass ({tvd} run, {tvs} skipped for memory)",
-        f"- timm families: **{tip} of {tin}** pass ({tid} run, {tis} skipped for memory)",
+        f"- torchvision: **{tvp} of {tvn}** pass ({tvd} run, {tvs} skipped for memory; {strict(tv_names)})",
+        f"- timm families: **{tip} of {tin}** pass ({tid} run, {tis} skipped for memory; {strict(timm_names)})",
         *([f"- not run yet: {tvn - tvd + tin - tid} models (the sweep was stopped; `python benchmarks/zoo.py` "
            "resumes from `benchmarks/zoo_results.jsonl`)"] if tvn - tvd + tin - tid else []),
         "",
