@@ -187,3 +187,13 @@ def readme_block():
         return code.group(1)
 
     return block
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny steps: on a shared 2-core machine a second
+    OpenMP thread mostly spins, which makes such steps 4-10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -37,12 +37,7 @@ SETTINGS = RunSettings(
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two shared cores: avoid OpenMP spin contention
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from cafeslim.search import Fitness, FunctionFitness
 from cafeslim.supernet import Supernet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: a second thread mostly waits (10x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -62,12 +62,7 @@ def run_training(run: Path, resume: bool = False):
                           model_name=b.info.name)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _start_child(tmp_path: Path, run: Path) -> subprocess.Popen:

@@ -43,14 +43,7 @@ def train_in(run, cfg, resume=True, model=MODEL, bins=None):
                           model_name=b.info.name)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two cores shared with other work: one intra-op thread avoids OpenMP spin contention
-    # that makes these tiny steps 4x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- settings

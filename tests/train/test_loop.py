@@ -21,12 +21,7 @@ CFG = RetrainConfig(epochs=2, batch_size=64, img_size=16, device="cpu", workers=
                     mixup=0.2, model_ema=True, warmup_epochs=0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fresh():

@@ -21,12 +21,7 @@ SETTINGS = RunSettings(
 CFG = RetrainConfig(epochs=1, batch_size=64, device="cpu", workers=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
