@@ -197,3 +197,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """``cli(*args)``: run ``python -m cafeslim ARGS`` in a subprocess (one OpenMP thread)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(*args, timeout=300):
+        return subprocess.run([sys.executable, "-m", "cafeslim", *map(str, args)], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    return run
+
+
+@pytest.fixture(scope="session")
+def one_error_line():
+    """``one_error_line(result, *needles)``: exit 2 with one ``error:`` line naming the needles."""
+    def check(res, *needles):
+        assert res.returncode == 2, (res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+        assert "Traceback" not in res.stderr + res.stdout
+        for needle in needles:
+            assert needle in lines[0], lines[0]
+    return check
+

@@ -33,14 +33,6 @@ def run(capsys):
     return go
 
 
-def one_error_line(res, *needles):
-    assert res.returncode == 2, (res.stdout, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.stderr + res.stdout
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
 
 def flags(**sections):
     return {"train": {}, "search": {}, "bins": {}, **sections}
@@ -92,7 +84,7 @@ def test_help_has_examples(cmd):
     assert f"cafeslim {cmd} " in res.stdout
 
 
-def test_search_errors_are_one_line(tmp_path, run):
+def test_search_errors_are_one_line(tmp_path, run, one_error_line):
     one_error_line(run("search", MODEL, "--out", tmp_path / "r"), "--flops")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x.txt").write_text("x")
@@ -104,7 +96,7 @@ def test_search_errors_are_one_line(tmp_path, run):
                        "--out", tmp_path / "r"), "--offset")
 
 
-def test_export_run_rejects_model_options(tmp_path, run):
+def test_export_run_rejects_model_options(tmp_path, run, one_error_line):
     one_error_line(run("export", tmp_path / "run", "--uniform", "0.5"), "--uniform")
     one_error_line(run("export", "tv:resnet18", "--budget", "50%", "--out", tmp_path / "o"),
                    "--budget")

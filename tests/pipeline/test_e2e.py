@@ -46,17 +46,6 @@ def finished(tmp_path_factory, one_thread):
     return run_search(SETTINGS, run, progress=False)
 
 
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cafeslim", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=ENV)
-
-
-def one_error_line(res, *needles):
-    assert res.returncode == 2, (res.stdout, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def comparable(records):
@@ -162,7 +151,7 @@ def in_process(capsys, *args):
     return SimpleNamespace(returncode=exc.value.code, stdout=cap.out, stderr=cap.err)
 
 
-def test_export_and_eval_of_missing_or_foreign_folders_are_one_line(tmp_path, capsys):
+def test_export_and_eval_of_missing_or_foreign_folders_are_one_line(tmp_path, capsys, cli, one_error_line):
     one_error_line(cli("export", tmp_path / "nope"), "does not exist")   # the real executable
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("x")
@@ -204,7 +193,7 @@ def test_multistage_search(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_search_sigkill_resume_export_eval(finished, tmp_path):
+def test_cli_search_sigkill_resume_export_eval(finished, tmp_path, cli):
     """The real commands, killed with SIGKILL mid-search and resumed."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"train": {k: v for k, v in vars(SETTINGS.train).items()},

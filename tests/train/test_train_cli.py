@@ -24,17 +24,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 FAST = ("--epochs", "1", "-b", "64", "--img-size", "16", "--device", "cpu", "--threads", "1")
 
 
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cafeslim", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=ENV)
-
-
-def one_error_line(res, *needles):
-    assert res.returncode == 2, (res.stdout, res.stderr)
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def snapshot(folder):
@@ -42,7 +31,7 @@ def snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("cli") / "teacher"
     res = cli("train", "timm:test_resnet", *FAST, "--out", out)
     assert res.returncode == 0, res.stderr
@@ -65,14 +54,14 @@ def test_model_target_writes_the_training_folder(trained):
     assert "ETA" in res.stderr  # the live progress bar
 
 
-def test_target_that_is_nothing(tmp_path):
+def test_target_that_is_nothing(tmp_path, cli, one_error_line):
     (tmp_path / "empty").mkdir()
     one_error_line(cli("train", tmp_path / "empty", *FAST), "neither", "run folder")
     one_error_line(cli("train", "no_such_model_xyz", *FAST), "unknown model")
 
 
 @pytest.mark.slow
-def test_corrupt_and_foreign_checkpoints_overwrite_nothing(trained, tmp_path):
+def test_corrupt_and_foreign_checkpoints_overwrite_nothing(trained, tmp_path, cli, one_error_line):
     out, _ = trained
     corrupt = tmp_path / "corrupt"
     shutil.copytree(out, corrupt)
@@ -93,7 +82,7 @@ def test_corrupt_and_foreign_checkpoints_overwrite_nothing(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_data_with_other_classes_than_the_head(trained, tmp_path):
+def test_data_with_other_classes_than_the_head(trained, tmp_path, cli, one_error_line):
     from PIL import Image
 
     out, _ = trained
@@ -110,7 +99,7 @@ def test_data_with_other_classes_than_the_head(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_reproduces_the_uninterrupted_weights(trained, tmp_path):
+def test_sigkill_then_resume_reproduces_the_uninterrupted_weights(trained, tmp_path, cli):
     import time
 
     out, _ = trained
