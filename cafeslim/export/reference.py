@@ -20,15 +20,26 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..graph import ChannelGraph
+from ..ops.conv import std_conv_types
 
 NORM_ROLES = ("norm", "attr")
+
+
+def _removed_positions(g: Any, m: Any, removed: Sequence[int]) -> List[int]:
+    """Positions on member ``m``'s axis of the group's removed channels (full layout).
+
+    A member that holds one block's local channels (``blocks > 1``) sees the removed channels
+    of the first block; ``inner`` expands each channel into its columns (flatten → Linear).
+    """
+    local = [c for c in removed if c < g.block_size] if m.blocks > 1 else removed
+    return [m.offset + c * m.inner + j for c in local for j in range(m.inner)]
 
 
 def zero_removed_inputs(model: nn.Module, graph: ChannelGraph, spec: Mapping[int, Sequence[int]]) -> nn.Module:
@@ -53,19 +64,9 @@ def zero_removed_inputs(model: nn.Module, graph: ChannelGraph, spec: Mapping[int
                 if m.role not in ("in", "in_std"):
                     continue
                 t = tensors[m.qualname]
-                local = [c for c in removed if c < g.block_size] if m.blocks > 1 else removed
-                pos = [m.offset + c * m.inner + j for c in local for j in range(m.inner)]
+                pos = _removed_positions(g, m, removed)
                 t.index_fill_(m.axis, torch.tensor(pos, dtype=torch.long), 0.0)
     return zeroed
-
-
-def _std_conv_types() -> Tuple[type, ...]:
-    try:
-        from timm.layers import std_conv
-    except ImportError:
-        return ()
-    return tuple(getattr(std_conv, n) for n in ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d",
-                                                "ScaledStdConv2dSame") if hasattr(std_conv, n))
 
 
 def channel_norm_modules(model: nn.Module, graph: ChannelGraph) -> Dict[str, str]:
@@ -79,7 +80,7 @@ def channel_norm_modules(model: nn.Module, graph: ChannelGraph) -> Dict[str, str
         'ln'
     """
     mods = dict(model.named_modules())
-    std_types = _std_conv_types()
+    std_types = std_conv_types()
     # grouped std-convs have plain ``in`` members: the op record knows they standardise
     std = {op.module for op in graph.ops if op.kind == "conv" and op.attrs.get("std")}
     out: Dict[str, str] = {}
@@ -111,8 +112,7 @@ def _kept_masks(graph: ChannelGraph, spec: Mapping[int, Sequence[int]], kinds: M
             if m.module not in kinds or m.role not in want:
                 continue
             mask = masks.setdefault(m.module, torch.ones(sizes[m.module], dtype=torch.bool))
-            local = [c for c in removed if c < g.block_size] if m.blocks > 1 else removed
-            pos = [m.offset + c * m.inner + j for c in local for j in range(m.inner)]
+            pos = _removed_positions(g, m, removed)
             mask[torch.tensor(pos, dtype=torch.long)] = False
     return masks
 
