@@ -7,6 +7,11 @@ Writes ``docs/coverage.md`` (a row per model, totals) and keeps raw results in
     python benchmarks/zoo.py --jobs 2                  # everything (about an hour on 2 cores)
     python benchmarks/zoo.py --only tv:resnet50 --only timm:vit_tiny_patch16_224 --fresh
     python benchmarks/zoo.py --report-only             # rebuild docs/coverage.md from the jsonl
+    python benchmarks/zoo.py --stale                   # rerun rows of the older format only
+    python benchmarks/zoo.py --json-only               # add the inspect/inspect-bins --json check
+
+Each model also runs ``cafeslim inspect MODEL --json`` and ``cafeslim inspect-bins MODEL --json``,
+whose stdout must be exactly one JSON document too (``json_outputs`` in the results line).
 
 Each model runs ``cafeslim check MODEL --json`` as a subprocess and its whole stdout is
 parsed as one JSON document, so anything else printed there is an error, not lost. Lines of
@@ -88,6 +93,28 @@ def spawn(name: str, timeout: int, specs: int = 2) -> dict:
     if proc.returncode in (-9, 137) or "MemoryError" in proc.stderr or "DefaultCPUAllocator" in proc.stderr:
         return {"model": name, "passed": False, "status": "skipped: does not fit in memory", "seconds": seconds}
     return {"model": name, "passed": False, "status": f"error: {err}", "seconds": seconds}
+
+
+def json_outputs(name: str, timeout: int) -> dict:
+    """``{"inspect": "ok" | why not, "inspect-bins": ...}``: is each command's stdout one JSON document?"""
+    out = {}
+    for command in ("inspect", "inspect-bins"):
+        cmd = [sys.executable, "-m", "cafeslim", command, name, "--json"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+        except subprocess.TimeoutExpired:
+            out[command] = f"timeout after {timeout} s"
+            continue
+        if proc.returncode != 0:
+            out[command] = f"exit {proc.returncode}: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            continue
+        try:
+            json.loads(proc.stdout)
+            out[command] = "ok"
+        except json.JSONDecodeError:
+            out[command] = f"stdout is not one JSON document ({proc.stdout.count(chr(10))} lines)"
+    return out
 
 
 def load_results() -> dict:
@@ -192,6 +219,13 @@ def write_report(results: dict, tv_names, timm_names, command: str) -> None:
         return (f"{len(rows)} with the three-way check: {by['passed']} passed, {by['failed']} failed, "
                 f"{by['not verified']} not verified")
 
+    def json_line(names):
+        rows = [results[n] for n in names if n in results and "json_outputs" in results[n]]
+        good = sum(1 for r in rows if set(r["json_outputs"].values()) == {"ok"})
+        bad = [f"{r['model']} ({r['json_outputs']})" for r in rows if set(r["json_outputs"].values()) != {"ok"}]
+        return (f"`inspect --json` and `inspect-bins --json` print one JSON document for {good} of "
+                f"{len(rows)} models checked" + (": not for " + "; ".join(bad) if bad else ""))
+
     tvp, tvd, tvs, tvn = totals(tv_names)
     tip, tid, tis, tin = totals(timm_names)
     lines = [
@@ -212,6 +246,7 @@ def write_report(results: dict, tv_names, timm_names, command: str) -> None:
         "",
         f"- torchvision: **{tvp} of {tvn}** pass ({tvd} run, {tvs} skipped for memory; {strict(tv_names)})",
         f"- timm families: **{tip} of {tin}** pass ({tid} run, {tis} skipped for memory; {strict(timm_names)})",
+        f"- {json_line(tv_names + timm_names)}",
         *([f"- not run yet: {tvn - tvd + tin - tid} models (the sweep was stopped; `python benchmarks/zoo.py` "
            "resumes from `benchmarks/zoo_results.jsonl`)"] if tvn - tvd + tin - tid else []),
         "",
@@ -239,21 +274,33 @@ def main() -> None:
     ap.add_argument("--only", action="append")
     ap.add_argument("--fresh", action="store_true", help="rerun models that already have a result")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--stale", action="store_true", help="rerun only rows of the older, boolean-only format")
+    ap.add_argument("--json-only", action="store_true",
+                    help="only add the inspect/inspect-bins --json check to rows that lack it")
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--no-tv", action="store_true")
     args = ap.parse_args()
     tv_names = [] if args.no_tv else torchvision_models()
     timm_names = [] if args.no_timm else list(timm_families().values())
     results = load_results()
-    todo = args.only or [n for n in tv_names + timm_names if args.fresh or n not in results]
+    def wanted(n):
+        row = results.get(n)
+        if args.json_only:
+            return row is not None and "json_outputs" not in row
+        if args.stale:
+            return row is None or not row.get("statuses")
+        return args.fresh or row is None
+
+    todo = args.only or [n for n in tv_names + timm_names if wanted(n)]
     done = []
     if not args.report_only:
         def work(name):
-            row = spawn(name, args.timeout, args.specs)
+            row = dict(results[name]) if args.json_only else spawn(name, args.timeout, args.specs)
+            row["json_outputs"] = json_outputs(name, args.timeout)
             with RESULTS.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{name}: {model_status(row).upper()} {row.get('status')} sensitivity {_sens(row)} "
-                  f"{row.get('seconds', '')}s", flush=True)
+                  f"{row.get('seconds', '')}s json {row['json_outputs']}", flush=True)
             return row
 
         with ThreadPoolExecutor(args.jobs) as pool:
