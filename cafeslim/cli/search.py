@@ -194,16 +194,20 @@ def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
     table = Table(title=f"{result['model']} ({result['method']}): full {human(full['flops'])} "
                         f"FLOPs, {human(full['params'])} params", title_justify="left",
                   box=box.SIMPLE_HEAD)
+    from ..pipeline.report import SCORE, score_cell
+
     # D_val is what the search selected on: its top-1 ranks widths, it is not an accuracy.
-    for head in ("budget", "FLOPs", "params", "D_val score", "evaluated"):
+    for head in ("budget", "FLOPs", "params", SCORE, "evaluated"):
         table.add_column(head, justify="left" if head == "budget" else "right", no_wrap=True)
     for b in result["budgets"]:
         table.add_row(b["budget"], f"{human(b['flops'])} ({b['flops_ratio']:.3f}×)",
-                      f"{human(b['params'])} ({b['params_ratio']:.3f}×)", f"{100 * b['top1']:.2f}%",
+                      f"{human(b['params'])} ({b['params_ratio']:.3f}×)", score_cell(result, b),
                       str(b["evaluated"]))
     out.print(table)
     out.print(Text("D_val score: top-1 on the images the search selected on, a selection score, "
-                   "not the model's accuracy"))
+                   "not the model's accuracy" + (" (uniform trains no weights: none to show)"
+                                                 if result["method"] == "uniform" else "")))
+    out.print(Text(f"the accuracy to quote: cafeslim train {run_dir}, then cafeslim eval "
+                   f"{run_dir}/train (test split, trained with the same recipe for every method)"))
     out.print(Text(f"wrote {run_dir}/result.json and {run_dir}/report.md ({result['seconds']:.0f} s)"))
-    out.print(Text(f"next: cafeslim train {run_dir} (the accuracy to quote), or cafeslim export "
-                   f"{run_dir}"))
+    out.print(Text(f"export the widths: cafeslim export {run_dir}"))
