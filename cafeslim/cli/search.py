@@ -20,6 +20,8 @@ from rich.text import Text
 from ..config import SearchConfig, TrainConfig, load_settings, resolve_settings
 from ..errors import ConfigError
 from ..pipeline.rundir import default_run_dir
+from .aug import (AaOpt, AugOpt, HflipOpt, NoAugOpt, RatioOpt, ReprobOpt, ScaleOpt, ShiftOpt,
+                  aug_flags)
 from .common import ModelArg, PretrainedOpt, WeightsOpt, choice_enum, human, out
 
 
@@ -105,7 +107,10 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    eval_batches: EvalOpt = None, recal_batches: RecalOpt = None,
                    img_size: ImgOpt = None, random_n: RandomNOpt = None,
                    random_epochs: RandomEpochsOpt = None, sampling: SamplingOpt = None,
-                   sampling_mix: SamplingMixOpt = None, threads: ThreadsOpt = None,
+                   sampling_mix: SamplingMixOpt = None, aug: AugOpt = None,
+                   no_aug: NoAugOpt = False, scale: ScaleOpt = None, ratio: RatioOpt = None,
+                   hflip: HflipOpt = None, aa: AaOpt = None, reprob: ReprobOpt = None,
+                   shift: ShiftOpt = None, threads: ThreadsOpt = None,
                    weights: WeightsOpt = None, pretrained: PretrainedOpt = False) -> None:
     """Train a CafeNet supernet on MODEL and search its per-layer widths under FLOPs budgets.
 
@@ -127,13 +132,16 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
 
         cafeslim search timm:test_resnet --flops 50% --method random --random-n 8
 
+        cafeslim search tv:resnet18 --flops 50% --data DIR --scale 0.35 1 --hflip 0.5 --sampling mixed
+
         cafeslim search timm:test_resnet --flops 50% --resume
     """
     flags = {
         "train": {"epochs": epochs, "batch_size": batch_size, "workers": workers,
                   "device": device.value if device else None, "seed": seed, "img_size": img_size,
                   "offset": offset, "amp": None if amp is None else ("bf16" if amp else "off"),
-                  "sampling": sampling.value if sampling else None, "sampling_mix": sampling_mix},
+                  "sampling": sampling.value if sampling else None, "sampling_mix": sampling_mix,
+                  **aug_flags(aug, no_aug, scale, ratio, hflip, aa, reprob, shift)},
         "search": {"flops": flops, "method": method.value if method else None,
                    "searcher": searcher.value if searcher else None, "population": population,
                    "iterations": iterations, "samples": samples, "stages": stages,

@@ -3,6 +3,8 @@
 * :mod:`.stages` — :class:`MinMinConfig`, :class:`TrainConfig`, :class:`SearchConfig`,
   :class:`BinsConfig`, :class:`ExportConfig`; their ``Literal`` fields are the CLI's choices.
 * :mod:`.train` — :class:`RetrainConfig`, the settings of ``cafeslim train``.
+* :mod:`.aug` — :class:`AugConfig`, the augmentation both share (``TrainConfig`` and
+  ``RetrainConfig`` inherit its fields).
 * :mod:`.run` — :class:`RunSettings` (a run's ``config.yaml``), the demo preset, the method
   rules and :func:`resolve_settings` (flags > YAML > demo preset > defaults).
 * :mod:`.files` — resolving a dataclass from flags and YAML, atomic writes, output folders.
@@ -14,6 +16,7 @@ Example:
     3
 """
 
+from .aug import AugConfig, aug_of
 from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml,
                     ensure_empty_dir, load_yaml, resolve, section, to_dict)
 from .run import (CONFIG_FILE, DEMO, DEMO_IMG_SIZE, DEMO_PRESET, RUN_FORMAT, RunSettings,
@@ -22,9 +25,9 @@ from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainC
 from .train import RETRAIN_RESUMABLE, RetrainConfig
 
 __all__ = [
-    "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "ExportConfig",
+    "AugConfig", "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "ExportConfig",
     "MinMinConfig", "RESUMABLE_CHANGES", "RETRAIN_RESUMABLE", "RUN_FORMAT", "RetrainConfig", "RunSettings", "SearchConfig",
     "TrainConfig", "atomic_write", "changed_settings", "choices", "dump_yaml", "ensure_empty_dir",
     "load_settings",
-    "load_yaml", "method_offset", "resolve", "resolve_settings", "section", "to_dict",
+    "aug_of", "load_yaml", "method_offset", "resolve", "resolve_settings", "section", "to_dict",
 ]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 import tempfile
 import typing
 from dataclasses import fields
@@ -109,7 +108,7 @@ def resolve(cls: Type[T], flags: Optional[Mapping[str, Any]] = None,
         3
     """
     valid = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    hints = typing.get_type_hints(cls)  # each base in its own module's namespace
     merged: Dict[str, Any] = {}
     for source, values in (("config file", yaml_values or {}), ("flag", flags or {})):
         for key, value in values.items():

@@ -15,12 +15,12 @@ Example:
 
 from __future__ import annotations
 
-import sys
 import typing
 from dataclasses import dataclass, fields
 from typing import Iterable, List, Literal, Optional, Tuple
 
 from ..errors import ConfigError
+from .aug import AugConfig
 
 SelectDtype = Literal["bfloat16", "bf16", "float16", "fp16"]
 
@@ -41,7 +41,7 @@ def choices(cls: type, name: str) -> Tuple[str, ...]:
         >>> choices(TrainConfig, "amp")
         ('off', 'bf16', 'fp16')
     """
-    hint = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))[name]
+    hint = typing.get_type_hints(cls)[name]  # each base in its own module's namespace
     for arg in (hint, *typing.get_args(hint)):
         if typing.get_origin(arg) is Literal:
             return tuple(str(a) for a in typing.get_args(arg))
@@ -92,8 +92,11 @@ class MinMinConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig(MinMinConfig):
+class TrainConfig(AugConfig, MinMinConfig):
     """Settings of supernet (min-min) training; the step's own are :class:`MinMinConfig`'s.
+
+    The augmentation fields (``aug``, ``shift``, ``scale``, ``ratio``, ``hflip``, ``aa``,
+    ``reprob``) are :class:`~cafeslim.config.aug.AugConfig`'s, shared with ``cafeslim train``.
 
     Attributes:
         epochs: passes over D_tr (the training set minus D_val).
@@ -151,7 +154,8 @@ class TrainConfig(MinMinConfig):
                 (self.log_every >= 1, "log_every must be at least 1"),
                 (self.ckpt_every >= 0, "ckpt_every must be non-negative"),
                 (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1")))
-        super().__post_init__()
+        MinMinConfig.__post_init__(self)
+        AugConfig.__post_init__(self)
 
     def peak_lr(self, world_size: int = 1) -> float:
         """The learning rate after warmup for a given number of processes.
@@ -265,4 +269,4 @@ class ExportConfig:
     order: Literal["natural", "l1"] = "natural"
 
 
-__all__ = ["BinsConfig", "ExportConfig", "MinMinConfig", "SearchConfig", "TrainConfig", "choices"]
+__all__ = ["AugConfig", "BinsConfig", "ExportConfig", "MinMinConfig", "SearchConfig", "TrainConfig", "choices"]

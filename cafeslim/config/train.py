@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from .aug import AugConfig
 from .stages import _check, choices  # noqa: F401 - choices: the doctest's and callers' helper
 
 # Where a resumed training may differ from the first invocation: how, not what, it computes.
@@ -29,8 +30,11 @@ RETRAIN_RESUMABLE = ("workers", "device")
 
 
 @dataclass(frozen=True)
-class RetrainConfig:
+class RetrainConfig(AugConfig):
     """Settings of ``cafeslim train`` / :func:`cafeslim.train`.
+
+    The augmentation fields (``aug``, ``shift``, ``scale``, ``ratio``, ``hflip``, ``aa``,
+    ``reprob``) are :class:`~cafeslim.config.aug.AugConfig`'s, shared with ``cafeslim search``.
 
     Attributes:
         epochs: passes over the training images (D_tr: the training set minus the holdout).
@@ -57,10 +61,6 @@ class RetrainConfig:
         val_split: fraction of the training images held out; ``best.pt`` is selected on them
             (never on the test split).
         img_size: square input size (default: the run's or export's own, demo 64 px).
-        aug: ``auto`` (``shift`` for the demo and images of at most 64 px, else ``timm``),
-            ``timm`` (RandomResizedCrop, flip, jitter), ``shift`` (padded random crop) or
-            ``none``.
-        shift: the padded crop's largest shift in pixels (None: input size / 32, at least 1).
         init: ``scratch`` (the paper: the family's own initialisation at the new widths) or
             ``inherit`` (the supernet's or the export's weights: fine-tuning).
         teacher: ``original``, ``supernet``, ``none``, a model name or a model file; None:
@@ -95,8 +95,6 @@ class RetrainConfig:
     seed: int = 0
     val_split: float = 0.1
     img_size: Optional[int] = None
-    aug: Literal["auto", "timm", "shift", "none"] = "auto"
-    shift: Optional[int] = None
     init: Literal["scratch", "inherit"] = "scratch"
     teacher: Optional[str] = None
     kd_alpha: float = 0.5
@@ -119,10 +117,10 @@ class RetrainConfig:
                 (self.workers >= 0, "workers must be non-negative"),
                 (0 <= self.val_split < 1, "val_split must be in [0, 1)"),
                 (self.img_size is None or self.img_size >= 8, "img_size must be at least 8"),
-                (self.shift is None or self.shift >= 0, "shift must be non-negative"),
                 (0 <= self.kd_alpha <= 1, "kd_alpha must be in [0, 1]"),
                 (self.kd_temperature > 0, "kd_temperature must be positive"),
                 (self.ckpt_every >= 0, "ckpt_every must be non-negative")))
+        super().__post_init__()
 
     def peak_lr(self) -> float:
         """The learning rate after warmup (linear in the batch size when not given).

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
 from ..models import ModelInfo
-from .augment import PadCrop, default_shift, resolve_aug
+from .augment import PadCrop, TimmOnTensors, default_shift, resolve_aug
 from .demo import DEMO_CLASSES, DigitsDataset, demo_splits, load_digit_images
 from .folders import FolderSplit, ImageFolder, Subset, scan_imagenet
 from .transforms import build_transforms, data_config
@@ -185,8 +185,9 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
         data: ``demo`` or a folder in ImageNet layout (``train/<class>/*``, optional ``val/``).
         info: the created model (input size, mean/std, interpolation, crop).
         cfg: a :class:`~cafeslim.config.TrainConfig` (or anything with ``batch_size``,
-            ``workers``, ``seed``, ``val_split``, ``img_size`` and ``device``; optionally
-            ``aug`` and ``shift``, see :func:`~cafeslim.data.augment.resolve_aug`).
+            ``workers``, ``seed``, ``val_split``, ``img_size`` and ``device``; optionally the
+            :class:`~cafeslim.config.AugConfig` fields, see
+            :func:`~cafeslim.data.augment.resolve_aug`).
 
     Raises:
         DataError: layout errors (see :func:`~cafeslim.data.folders.scan_imagenet`), or a
@@ -198,8 +199,11 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
         >>> data.num_classes, data.sizes["val"]                           # doctest: +SKIP
         (10, 144)
     """
+    from ..config import aug_of
+
     rank, world = _dist_rank_world()
     dcfg = data_config(info, cfg.img_size)
+    augc = aug_of(cfg)
     bad = multiprocessing.Value("q", 0)
     if data == DEMO:
         images, labels = load_digit_images()
@@ -210,18 +214,13 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
         classes, workers, source = DEMO_CLASSES, 0, DEMO  # in memory: workers only add latency
     else:
         train_split, val_split = _scan(os.path.abspath(data))
-        train_tf, eval_tf = build_transforms(info, cfg.img_size)
+        train_tf, eval_tf = build_transforms(info, cfg.img_size, augc)
         train_ds = ImageFolder(train_split.samples, train_tf, bad)
         eval_ds = ImageFolder(train_split.samples, eval_tf, bad)
         pool = np.arange(len(train_split.samples))
         test_ds = ImageFolder(val_split.samples, eval_tf, bad) if val_split else None
         classes, workers, source = train_split.classes, int(cfg.workers), str(data)
-    aug = resolve_aug(getattr(cfg, "aug", None), source, dcfg["input_size"][-1])
-    if aug == "shift":  # on top of the evaluation transforms (see cafeslim.data.augment)
-        shift = getattr(cfg, "shift", None)
-        train_ds = PadCrop(eval_ds, default_shift(dcfg["input_size"][-1]) if shift is None else shift)
-    elif aug == "none":
-        train_ds = eval_ds
+    train_ds = _augmented(train_ds, eval_ds, augc, source, info, dcfg, cfg.img_size)
     tr_idx, val_idx = split_val(pool, cfg.val_split, cfg.seed)
     need = cfg.batch_size * world
     if len(tr_idx) < need:
@@ -244,6 +243,38 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
     sizes = {"train": len(tr_idx), "val": len(val_idx), "test": len(test_ds) if test_ds else 0}
     return Data(source=source, classes=tuple(classes), train=train, val=val, test=test,
                 calib=calib, sampler=sampler, batch_size=cfg.batch_size, sizes=sizes, _bad=bad)
+
+
+def train_augmentation(cfg: Any, source: str, size: int) -> str:
+    """The augmentation ``build_data`` gives D_tr: ``timm``, ``shift`` or ``none``.
+
+    Example:
+        >>> from cafeslim.config import TrainConfig
+        >>> train_augmentation(TrainConfig(), "demo", 64)
+        'shift'
+    """
+    from ..config import aug_of
+
+    augc = aug_of(cfg)
+    return resolve_aug(augc.aug if augc else None, source, size,
+                       wants_timm=augc is not None and augc.wants_timm)
+
+
+def _augmented(train_ds: Any, eval_ds: Any, augc: Any, source: str, info: ModelInfo,
+               dcfg: Any, img_size: Optional[int]) -> Any:
+    """D_tr's dataset under the resolved augmentation (see :mod:`cafeslim.data.augment`)."""
+    size = dcfg["input_size"][-1]
+    aug = train_augmentation(augc, source, size)
+    if aug == "shift":  # on top of the evaluation transforms
+        shift = augc.shift if augc is not None else None
+        return PadCrop(eval_ds, default_shift(size) if shift is None else shift,
+                       hflip=(augc.hflip or 0.0) if augc is not None else 0.0)
+    if aug == "none":
+        return eval_ds
+    if source == DEMO:  # tensors: timm's transform on each digit as an image
+        train_tf, _ = build_transforms(info, img_size, augc)
+        return TimmOnTensors(eval_ds, train_tf, dcfg["mean"], dcfg["std"])
+    return train_ds
 
 
 def split_val(indices: Sequence[int], fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -41,8 +41,29 @@ def data_config(info: ModelInfo, img_size: Optional[int] = None) -> Dict[str, An
     return cfg
 
 
-def build_transforms(info: ModelInfo, img_size: Optional[int] = None) -> Tuple[Callable, Callable]:
+def timm_train_kwargs(aug: Any) -> Dict[str, Any]:
+    """timm ``create_transform`` arguments of an :class:`~cafeslim.config.AugConfig` (None: {}).
+
+    Unset settings are left out, so timm's own defaults apply (scale 0.08-1, flip 0.5).
+
+    Example:
+        >>> from cafeslim.config import AugConfig
+        >>> timm_train_kwargs(AugConfig(scale=(0.5, 1), reprob=0.25))
+        {'scale': (0.5, 1.0), 're_prob': 0.25}
+    """
+    if aug is None:
+        return {}
+    out = {"scale": aug.scale, "ratio": aug.ratio, "hflip": aug.hflip, "auto_augment": aug.aa,
+           "re_prob": aug.reprob or None}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def build_transforms(info: ModelInfo, img_size: Optional[int] = None,
+                     aug: Any = None) -> Tuple[Callable, Callable]:
     """timm's training and evaluation transforms (PIL image -> normalised tensor).
+
+    ``aug`` (an :class:`~cafeslim.config.AugConfig`) sets timm's training augmentation
+    (``scale``, ``ratio``, ``hflip``, ``aa``, ``reprob``); None keeps timm's defaults.
 
     Example:
         >>> train_tf, eval_tf = build_transforms(create("timm:resnet18"))   # doctest: +SKIP
@@ -54,4 +75,5 @@ def build_transforms(info: ModelInfo, img_size: Optional[int] = None) -> Tuple[C
     cfg = data_config(info, img_size)
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     kwargs = {k: cfg[k] for k in keys if k in cfg}
-    return create_transform(**kwargs, is_training=True), create_transform(**kwargs, is_training=False)
+    return (create_transform(**kwargs, **timm_train_kwargs(aug), is_training=True),
+            create_transform(**kwargs, is_training=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -144,3 +145,49 @@ def test_random_and_sampling_flags_on_the_command_line(tmp_path, run, one_error_
                    "random trains no supernet")
     one_error_line(run("search", MODEL, "--flops", "50%", "--sampling", "mixed",
                        "--sampling-mix", "2", "--out", tmp_path / "r"), "sampling_mix")
+
+
+def test_aug_flags_over_yaml_over_defaults_into_config_yaml(tmp_path, run, monkeypatch):
+    import cafeslim.pipeline
+    from cafeslim.data.loaders import train_augmentation
+    from cafeslim.pipeline import start_run
+
+    def fake_search(settings, run_dir, **kw):  # writes config.yaml as the real run does
+        start_run(settings, run_dir, with_data=False)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cafeslim.pipeline, "run_search", fake_search)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"train": {"aug": "timm", "scale": [0.4, 1], "hflip": 0.3,
+                                             "reprob": 0.2}}))
+    res = run("search", MODEL, "--flops", "50%", "--config", cfg, "--hflip", "0.1",
+              "--ratio", "0.9", "1.1", "--out", tmp_path / "r")
+    assert res.returncode == 0, res.stderr
+    t = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["train"]
+    assert (t["aug"], t["scale"], t["hflip"], t["reprob"]) == ("timm", [0.4, 1.0], 0.1, 0.2)
+    assert (t["ratio"], t["aa"], t["shift"]) == ([0.9, 1.1], None, None)   # flag, defaults
+    res = run("search", MODEL, "--flops", "50%", "--no-aug", "--out", tmp_path / "n")
+    assert yaml.safe_load((tmp_path / "n" / "config.yaml").read_text())["train"]["aug"] == "none"
+    # The demo's default: a padded random crop for the supernet, not RandomResizedCrop.
+    demo = resolve_settings(MODEL, None, None, flags(search={"flops": "50%"}))
+    assert demo.train.aug == "auto" and train_augmentation(demo.train, "demo", 64) == "shift"
+    assert train_augmentation(demo.train, "DIR", 224) == "timm"
+    assert train_augmentation(replace(demo.train, scale=(0.5, 1.0)), "demo", 64) == "timm"
+
+
+def test_demo_search_trains_on_shifted_digits(one_thread):
+    from cafeslim.data.augment import PadCrop
+    from cafeslim.pipeline.objects import build
+
+    b = build(resolve_settings(MODEL, None, None, flags(search={"flops": "50%"})))
+    assert isinstance(b.data.train.dataset.dataset, PadCrop)
+    assert b.data.train.dataset.dataset.pad == 2 and b.data.train.dataset.dataset.hflip == 0.0
+
+
+def test_contradicting_aug_flags_are_one_line(tmp_path, run, one_error_line):
+    one_error_line(run("search", MODEL, "--flops", "50%", "--aug", "shift", "--aa", "rand-m9",
+                       "--out", tmp_path / "r"), "--aa", "--aug shift")
+    one_error_line(run("search", MODEL, "--flops", "50%", "--aug", "timm", "--no-aug",
+                       "--out", tmp_path / "r"), "--no-aug")
+    one_error_line(run("search", MODEL, "--flops", "50%", "--scale", "0.9", "0.2",
+                       "--out", tmp_path / "r"), "scale")
