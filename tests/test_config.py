@@ -69,8 +69,23 @@ def test_an_old_run_folder_still_loads_to_the_same_settings(tmp_path):
     saved = load_settings(tmp_path)
     again = resolve_settings("timm:test_resnet", None, None, {"search": {"flops": "50%"}})
     # The demo's image size is filled in by the build, not by the resolution.
-    assert saved == replace(again, train=replace(again.train, img_size=64))
+    # ... and so is the augmentation: before it had settings the supernet saw plain digits.
+    assert saved == replace(again, train=replace(again.train, img_size=64, aug="none"))
     assert saved.train.select_dtype is None  # a field the old file did not have
+    assert again.train.aug == "auto"  # a new run gets the padded random crop
+
+
+def test_augmentation_has_one_home_shared_by_search_and_train():
+    from cafeslim.config import AugConfig, RetrainConfig
+
+    names = {f.name for f in fields(AugConfig)}
+    for cls in (TrainConfig, RetrainConfig):
+        assert issubclass(cls, AugConfig) and names <= {f.name for f in fields(cls)}
+        assert not names & set(cls.__annotations__)  # inherited, never declared again
+    assert TrainConfig(scale=[0.5, 1]).scale == RetrainConfig(scale=(0.5, 1.0)).scale == (0.5, 1.0)
+    for bad in ({"hflip": 2.0}, {"reprob": -1.0}, {"ratio": [2, 1]}, {"aug": "none", "scale": [0.5, 1]}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
 
 
 def test_train_config_is_a_minmin_config_without_copies():
@@ -106,6 +121,7 @@ def test_demo_preset_applies_to_demo_data_only():
     (search_cli.Method, SearchConfig, "method"),
     (search_cli.SearcherChoice, SearchConfig, "searcher"),
     (search_cli.Device, TrainConfig, "device"),
+    (search_cli.Sampling, TrainConfig, "sampling"),
     (export_cli.Order, ExportConfig, "order"),
     (export_cli.Init, ExportConfig, "init"),
     (bins_cli.OrderChoice, BinsConfig, "order"),

@@ -88,9 +88,13 @@ class RunSettings:
         """Inverse of :meth:`to_dict`; missing keys take their defaults (ConfigError if bad)."""
         if not y.get("model"):
             raise ConfigError("the settings name no model")
-        return cls(model=str(y["model"]), data=str(y.get("data") or DEMO),
+        data, train = str(y.get("data") or DEMO), section(y, "train")
+        if y.get("format") == RUN_FORMAT and train and "aug" not in train:
+            # Written before the supernet had augmentation settings: keep what it trained with.
+            train["aug"] = "none" if data == DEMO else "timm"
+        return cls(model=str(y["model"]), data=data,
                    pretrained=bool(y.get("pretrained", False)), weights=y.get("weights"),
-                   train=resolve(TrainConfig, None, section(y, "train")),
+                   train=resolve(TrainConfig, None, train),
                    search=resolve(SearchConfig, None, section(y, "search")),
                    bins=resolve(BinsConfig, None, section(y, "bins")))
 

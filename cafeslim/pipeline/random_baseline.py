@@ -136,7 +136,8 @@ def random_method(b: Built, run_dir: Path, *, resume: bool, progress: bool,
     ``callback("random", n)`` runs after the n-th finished candidate (tests interrupt there).
 
     Raises:
-        ConfigError: under torchrun (each candidate is one process's stand-alone training).
+        ConfigError: under torchrun (each candidate is one process's stand-alone training), or
+            without a D_val to score on.
         BudgetError: a window no width vector of the bins lands in.
     """
     from ..bins import random_widths
@@ -148,6 +149,8 @@ def random_method(b: Built, run_dir: Path, *, resume: bool, progress: bool,
     if distributed.current(b.settings.train.device).world_size > 1:
         raise ConfigError("--method random trains its candidates one process at a time; run it "
                           "without torchrun")
+    if not b.data.sizes.get("val"):
+        raise ConfigError("--method random scores its candidates on D_val: val_split must be > 0")
     s, seed = b.settings.search, b.settings.train.seed
     cfg, done = retrain_config(b), _done_records(run_dir, resume)
     draws = [random_widths(b.space, b.fm, budget, s.random_n,
