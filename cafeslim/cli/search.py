@@ -205,7 +205,8 @@ def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
     from ..pipeline.report import SCORE, score_cell
 
     # D_val is what the search selected on: its top-1 ranks widths, it is not an accuracy.
-    for head in ("budget", "FLOPs", "params", SCORE, "evaluated"):
+    # Two-line header: the table must fit 80 columns without truncating the FLOPs.
+    for head in ("budget", "FLOPs", "params", SCORE.replace(" (", "\n("), "evaluated"):
         table.add_column(head, justify="left" if head == "budget" else "right", no_wrap=True)
     for b in result["budgets"]:
         table.add_row(b["budget"], f"{human(b['flops'])} ({b['flops_ratio']:.3f}×)",

@@ -119,7 +119,7 @@ def test_search_table_labels_the_selection_score(method, capsys):
 
     render_result(Path("runs/x"), _result(method))
     text = " ".join(capsys.readouterr().out.split())
-    assert "D_val score (selection)" in text and "not the model's accuracy" in text
+    assert "D_val score" in text and "(selection)" in text and "not the model's accuracy" in text
     assert "cafeslim train runs/x" in text and "cafeslim eval runs/x/train" in text
     # Uniform trains no weights: its chance-level D_val top-1 is never printed.
     assert ("12.34%" in text) == (method != "uniform")
