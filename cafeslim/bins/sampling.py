@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import BudgetError, ConfigError
 from .budget import DEFAULT_LOW, random_widths, space_flops
 from .space import SearchSpace
 
@@ -75,10 +75,14 @@ class WidthSampler:
                 if budget < smallest:
                     continue  # a later stage's budget may be below an earlier stage's space
                 rng = np.random.default_rng([int(seed), 0x5AB1E, j])
-                self.pools.append(random_widths(space, fm, budget, pool, rng, low=low))
+                try:
+                    self.pools.append(random_widths(space, fm, budget, pool, rng, low=low))
+                except BudgetError:
+                    continue  # no vector of this (shrunk) space lands in that window
             if not self.pools:
                 raise ConfigError(f"--sampling {mode} needs a FLOPs budget this space can reach")
-        self.full = float(space_flops(space, fm, space.num_bins)[0])
+        # The model's full FLOPs, not the (multi-stage shrunk) space's largest vector.
+        self.full = float(getattr(fm, "full", space_flops(space, fm, space.num_bins)[0]))
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """One width vector (``[S]`` bin counts), drawn with ``rng`` only.
@@ -92,7 +96,7 @@ class WidthSampler:
         return pool[int(rng.integers(len(pool)))].copy()
 
     def flops_fraction(self, k: Sequence[Sequence[int]]) -> np.ndarray:
-        """FLOPs of width vectors ``k`` ([N, S]) as a fraction of the full space's.
+        """FLOPs of width vectors ``k`` ([N, S]) as a fraction of the full model's.
 
         Example:
             >>> WidthSampler(space, fm).flops_fraction([space.num_bins])           # doctest: +SKIP

@@ -235,8 +235,12 @@ def _markdown(r: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
                   f"scored {s.get('widths', 0)} in {s.get('seconds', 0):.0f} s "
                   f"({s.get('widths_per_s', 0):.2f}/s), time in BN recalibration "
                   f"{_pct(s.get('recal_share'))}, in evaluation {_pct(s.get('eval_share'))}."]
+    keeps = ("" if r["method"] not in ("uniform", "random") else
+             f" A `{r['method']}` run keeps no trained weights: `cafeslim export` writes the "
+             "seeded initial weights (its parity table shows their D_val top-1), `cafeslim "
+             "train` trains the widths from scratch.")
     lines += ["", "## Next", "", "The accuracy to quote: train the chosen widths and measure "
-              "them on the test split.", "", "```bash", f"cafeslim train {run_dir}",
+              "them on the test split." + keeps, "", "```bash", f"cafeslim train {run_dir}",
               f"cafeslim eval {run_dir}/train", f"cafeslim export {run_dir}", "```", ""]
     return "\n".join(lines)
 

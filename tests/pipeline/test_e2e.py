@@ -235,3 +235,19 @@ def test_cli_search_sigkill_resume_export_eval(finished, tmp_path, cli):
     res = cli("eval", run, "--batch-sizes", "1", "--repeats", "3")
     assert res.returncode == 0, res.stderr
     assert "latency onnxruntime b1" in res.stdout
+
+
+@pytest.mark.slow
+def test_multistage_budget_sampling_trains_in_each_stages_window(tmp_path):
+    from dataclasses import replace
+
+    settings = RunSettings(MODEL, train=replace(SETTINGS.train, sampling="budget"),
+                           search=SearchConfig(flops="50%", population=4, iterations=2, parents=2,
+                                               recal_batches=1, stages=2, alpha=2.0))
+    res = run_search(settings, tmp_path / "run", progress=False)
+    stage1 = res.result["stages"][0]["budget"] / res.result["full"]["flops"]
+    fracs = [[m["flops_frac"] for m in read_jsonl(tmp_path / "run" / d / "metrics.jsonl")]
+             for d in (".", "stage2")]
+    # Stage 1 draws from its own window and the final one, stage 2 from the final one only.
+    assert all(0.97 * 0.5 - 1e-6 <= f <= stage1 + 1e-6 for f in fracs[0])
+    assert all(0.97 * 0.5 - 1e-6 <= f <= 0.5 + 1e-6 for f in fracs[1])
