@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..config import MinMinConfig
+from ..errors import ConfigError
 from ..graph.channel_graph import IndexSpec
 from .supernet import Supernet, spec_key, unwrap
 
@@ -201,6 +202,10 @@ def minmin_step(
         >>> stats.n_candidates, stats.chosen
         (3, 1)
     """
+    if sampler is None and getattr(cfg, "sampling", "uniform") != "uniform":
+        # Silently sampling uniformly would train where the user asked not to.
+        raise ConfigError(f"sampling {cfg.sampling!r} needs a sampler: pass sampler="
+                          "cafeslim.bins.sampling.make_sampler(space, flops_model, budgets, cfg, seed)")
     net = unwrap(supernet)
     previous = net.spec
     optimizer.zero_grad(set_to_none=True)

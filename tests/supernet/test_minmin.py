@@ -265,3 +265,10 @@ def test_a_sampler_draws_the_width_with_the_step_rng():
                             np.random.default_rng(step), 0.0, sampler=sampler)
         assert stats.widths == tuple(int(v) for v in want)
         assert 0.97 * 0.5 <= sampler.flops_fraction([want])[0] <= 0.5
+
+
+def test_budget_sampling_without_a_sampler_is_an_error():
+    net, space, opt, x, y = setup()
+    with pytest.raises(ConfigError, match="needs a sampler"):
+        minmin_step(net, space, x, y, F.cross_entropy, opt, MinMinConfig(sampling="budget"),
+                    np.random.default_rng(0), 0.0)
