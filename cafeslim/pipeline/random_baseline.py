@@ -6,7 +6,9 @@ CafeNet searches), each is built with the family's own initialisation at its wid
 (:func:`~cafeslim.training.init.scratch_model`), trained stand-alone for ``random_epochs`` with
 the ``cafeslim train`` recipe (:func:`cafeslim.training.train`, :class:`RetrainConfig`
 defaults with the schedule compressed to the shorter training) on the run's D_tr, and scored on
-the run's D_val: the D_val top-1 of the trained candidate is its *selection score*. The best
+the run's D_val after recalibrating its BatchNorm statistics on ``recal_batches`` training
+batches, as the search scores its widths (after one short epoch the running statistics still
+lag the weights): that D_val top-1 is the candidate's *selection score*. The best
 score wins. No supernet is trained, so the run folder looks like a ``--method uniform`` one
 (``result.json``, ``search.jsonl``, no ``last.pt``): ``export``, ``train`` and ``eval`` work
 on it unchanged, and the accuracy to quote comes from ``cafeslim train RUN`` + ``eval``.
@@ -33,6 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..config import RetrainConfig
+from ..metrics import topk_accuracy
 from ..errors import ConfigError
 from .objects import Built
 from .rundir import SEARCH_LOG, write_text
@@ -84,6 +87,7 @@ def train_candidate(b: Built, k: np.ndarray, cfg: RetrainConfig, folder: Path, *
         0.64
     """
     from ..models import create
+    from ..supernet import distributed
     from ..supernet.train import seed_everything
     from ..training import train
     from ..training.init import scratch_model
@@ -98,8 +102,43 @@ def train_candidate(b: Built, k: np.ndarray, cfg: RetrainConfig, folder: Path, *
     out = train(model, b.data, cfg, test=(), holdout=b.data.val, out_dir=folder,
                 resume=resume and (folder / LAST).exists(), progress=False, name=name)
     last = out.history[-1] if out.history else {}
-    return {"top1": float(out.holdout_top1), "loss": last.get("loss"),
+    running = float(out.holdout_top1)
+    # After a short training the running BatchNorm statistics still lag the weights, so the
+    # score is taken, as the search's, after recalibrating them on the same batches.
+    device = distributed.current(cfg.device).device
+    small = out.model.to(device)
+    recalibrate(small, b.data.calib, b.settings.search.recal_batches, device)
+    top1 = topk_accuracy(small.eval(), b.data.val, device)[0]
+    small.cpu()
+    return {"top1": float(top1), "top1_running_bn": running, "loss": last.get("loss"),
             "train_s": round(time.perf_counter() - t0, 2), "spec": spec}
+
+
+def recalibrate(model: Any, batches: Any, max_batches: int, device: Any = "cpu") -> None:
+    """Re-measure a plain model's BatchNorm running statistics (cumulative average).
+
+    Example:
+        >>> recalibrate(small, data.calib, 20, "cpu")                       # doctest: +SKIP
+    """
+    import torch
+
+    from ..supernet.bn import _bn_only_train
+    from ..supernet.supernet import bn_modules
+
+    bns = [m for _, m in bn_modules(model)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches
+    try:
+        with torch.no_grad(), _bn_only_train(model):
+            for n, (images, _) in enumerate(batches):
+                if n >= max_batches:
+                    break
+                model(images.to(device))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
 
 class _Bar:
@@ -201,7 +240,8 @@ def _train_record(b: Built, j: int, i: int, k: np.ndarray, budget: float, cfg: R
     shutil.rmtree(folder, ignore_errors=True)  # its score is recorded: never trained again
     return {"index": i, "searcher": SEARCHER, "budget": budget, "generation": 0,
             "budget_index": j, "candidate_index": i, "k": [int(v) for v in k],
-            "top1": out["top1"], "flops": float(space_flops(b.space, b.fm, k)[0]),
+            "top1": out["top1"], "top1_running_bn": out["top1_running_bn"],
+            "flops": float(space_flops(b.space, b.fm, k)[0]),
             "candidate": 0, "candidate_top1s": [out["top1"]], "loss": out["loss"],
             "train_s": out["train_s"], "epochs": cfg.epochs, "cached": False}
 

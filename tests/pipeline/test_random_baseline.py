@@ -49,6 +49,7 @@ def test_chosen_width_is_in_the_window_and_the_argmax(finished):
     for r in records:
         assert lo <= b.fm.flops(b.graph.widths_of(b.space.fixed_spec(r["k"]))) <= hi
         assert 0.0 <= r["top1"] <= 1.0 and r["epochs"] == 1
+        assert 0.0 <= r["top1_running_bn"] <= 1.0  # before BN recalibration, kept for reference
     best = max(records, key=lambda r: r["top1"])
     assert entry["k"] == best["k"] and entry["top1"] == best["top1"]
     assert res.result["method"] == "random" and entry["checkpoint"] is None
