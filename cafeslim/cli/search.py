@@ -17,7 +17,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..config import SearchConfig, TrainConfig, load_settings, resolve_settings
+from ..config import BinsConfig, SearchConfig, TrainConfig, load_settings, resolve_settings
 from ..errors import ConfigError
 from ..pipeline.rundir import default_run_dir
 from .common import ModelArg, PretrainedOpt, WeightsOpt, choice_enum, human, out
@@ -26,6 +26,7 @@ from .common import ModelArg, PretrainedOpt, WeightsOpt, choice_enum, human, out
 Method = choice_enum(SearchConfig, "method")  # cafenet: locally free; fixed: r = 0; uniform
 SearcherChoice = choice_enum(SearchConfig, "searcher")  # evolution (CafeNet-E), random (-R)
 Device = choice_enum(TrainConfig, "device")
+Order = choice_enum(BinsConfig, "order")  # which channels a width keeps first
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:  # noqa: A002 - typer's keyword
@@ -81,6 +82,9 @@ EvalOpt = _int("--eval-batches", "D_val batches per evaluated width (default: al
 RecalOpt = _int("--recal-batches", "Training batches per BN recalibration (demo 2, else 20).")
 ImgOpt = _int("--img-size", "Square input size (demo 64, else the model's own).", lo=8)
 ThreadsOpt = _int("--threads", "CPU threads for PyTorch (default: the idle cores, at least 1).")
+OrderOpt = Annotated[Optional[Order], _opt("--order", case_sensitive=False, help=(
+    "Channel order: l1 (largest L1 norm first; default with --pretrained/--weights) or "
+    "natural (the first channels; default for random weights)."))]
 
 
 def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None,
@@ -94,7 +98,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    device: DeviceOpt = None, amp: AmpOpt = None, seed: SeedOpt = None,
                    eval_batches: EvalOpt = None, recal_batches: RecalOpt = None,
                    img_size: ImgOpt = None, threads: ThreadsOpt = None,
-                   weights: WeightsOpt = None, pretrained: PretrainedOpt = False) -> None:
+                   weights: WeightsOpt = None, pretrained: PretrainedOpt = False,
+                   order: OrderOpt = None) -> None:
     """Train a CafeNet supernet on MODEL and search its per-layer widths under FLOPs budgets.
 
     Analyses the model, makes FLOPs-sensitive bins, trains the supernet with min-min steps,
@@ -123,7 +128,7 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    "searcher": searcher.value if searcher else None, "population": population,
                    "iterations": iterations, "samples": samples, "stages": stages,
                    "alpha": alpha, "eval_batches": eval_batches, "recal_batches": recal_batches},
-        "bins": {"beta": beta, "divisor": divisor},
+        "bins": {"beta": beta, "divisor": divisor, "order": order.value if order else None},
     }
     from ..pipeline import run_search
 

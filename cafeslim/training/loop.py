@@ -120,11 +120,17 @@ def _steps_per_epoch(data: Any) -> int:
     return spe
 
 
-def _load_resume(path: Path, fp: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, Any]:
-    """The checkpoint to resume, checked against this model and these settings."""
+def _load_resume(path: Path, fp: Dict[str, Any], config: Dict[str, Any],
+                 world_size: int = 1) -> Dict[str, Any]:
+    """The checkpoint to resume, checked against this model, these settings and processes."""
     if not path.exists():
         raise CheckpointError(f"no checkpoint to resume ({path} does not exist)")
     ckpt = load_checkpoint(path, kind=KIND)
+    saved_world = int((ckpt.get("extra") or {}).get("world_size", 1))
+    if saved_world != world_size:  # another global batch, data sharding and schedule
+        raise CheckpointError(f"checkpoint {path} was made by {saved_world} process(es), this "
+                              f"run has {world_size}; resume with the same torchrun "
+                              "--nproc_per_node")
     found = ckpt.get("fingerprint") or {}
     if found.get("model") != fp["model"] or found.get("shapes") != fp["shapes"]:
         raise CheckpointError(f"checkpoint {path} was made for another model "
@@ -140,13 +146,20 @@ def _load_resume(path: Path, fp: Dict[str, Any], config: Dict[str, Any]) -> Dict
 
 
 class _Run:
-    """The mutable state of one :func:`train` call (kept apart so each piece stays short)."""
+    """The mutable state of one :func:`train` call (kept apart so each piece stays short).
 
-    def __init__(self, model: nn.Module, cfg: RetrainConfig, spe: int, device: torch.device):
-        self.model, self.cfg, self.spe, self.device = model, cfg, spe, device
-        self.optimizer = make_optimizer(model, cfg)
+    Under ``torchrun`` ``forward`` is the DDP wrapper (gradients averaged over the ranks) and
+    ``model`` the module it wraps, whose weights every rank holds identically.
+    """
+
+    def __init__(self, model: nn.Module, cfg: RetrainConfig, spe: int,
+                 info: distributed.DistInfo):
+        self.model, self.cfg, self.spe, self.info = model, cfg, spe, info
+        self.device = info.device
+        self.forward: nn.Module = model
+        self.optimizer = make_optimizer(model, cfg, info.world_size)
         self.scheduler = make_scheduler(self.optimizer, cfg, spe)
-        self.autocast, self.scaler = amp_setup(cfg, device)
+        self.autocast, self.scaler = amp_setup(cfg, self.device)
         self.ema = ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None
         self.step, self.best, self.best_epoch = 0, float("-inf"), None
         self.history: List[Dict[str, Any]] = []
@@ -187,7 +200,7 @@ class _Run:
         ctx = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
                else torch.autocast(self.device.type, enabled=False))
         with ctx:
-            logits = self.model(images)
+            logits = self.forward(images)
             loss = classification_loss(logits, targets, soft, cfg.label_smoothing)
             if distiller is not None:
                 loss = distiller.loss(logits, images, loss)
@@ -246,37 +259,46 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
         test = data.test if test is None else test
         holdout = (data.val if data.sizes.get("val") else None) if holdout is None else holdout
     out = Path(out_dir) if out_dir is not None else None
-    device = distributed.current(cfg.device).device
+    info = distributed.current(cfg.device)
+    device = info.device
     fp = model_fingerprint(model, name)
     config = to_dict(cfg)
     ckpt = None
     if resume:  # every check before anything is written
         if out is None:
             raise CheckpointError("resume needs the output folder of the interrupted training")
-        ckpt = _load_resume(out / LAST, fp, config)
-    elif out is not None and (out / LAST).exists():
-        raise OutputExistsError(f"{out} already holds a training checkpoint; pass --resume to "
-                                "continue it, or --force / another --out to start over")
+        ckpt = _load_resume(out / LAST, fp, config, info.world_size)
+    elif out is not None:
+        distributed.on_main(lambda: _refuse_existing(out))
     spe = _steps_per_epoch(data)
     model.to(device).train()
-    run = _Run(model, cfg, spe, device)
+    run = _Run(model, cfg, spe, info)
     if ckpt is not None:
         run.restore(ckpt)
         del ckpt
+    # After the restore: wrapping broadcasts rank 0's weights, so every rank starts alike.
+    run.forward = distributed.wrap_ddp(model, info)
     distiller = make_distiller(teacher, cfg.kd_alpha, cfg.kd_temperature)
     if distiller is not None:
         distiller.to(device)
     mixing = cfg.mixup > 0 or cfg.cutmix > 0
     num_classes = _num_classes(model, data, device) if mixing else None
-    if out is not None:
+    if out is not None and info.main:
         out.mkdir(parents=True, exist_ok=True)
         if resume:  # the log reads as one run: drop epochs after the checkpoint
             _write_metrics(out / METRICS, run.history)
         else:
             (out / METRICS).unlink(missing_ok=True)
     resumed_from = run.step if resume else None
-    return _loop(run, data, test, holdout, distiller, num_classes, out, fp, config, progress,
-                 callback, resumed_from)
+    # Only rank 0 writes files and draws progress; every rank trains and evaluates.
+    return _loop(run, data, test, holdout, distiller, num_classes, out if info.main else None,
+                 fp, config, progress and info.main, callback, resumed_from)
+
+
+def _refuse_existing(out: Path) -> None:
+    if (out / LAST).exists():
+        raise OutputExistsError(f"{out} already holds a training checkpoint; pass --resume to "
+                                "continue it, or --force / another --out to start over")
 
 
 def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
@@ -327,6 +349,13 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
     return record
 
 
+def _stop(flag: bool, info: distributed.DistInfo) -> bool:
+    """Whether to stop after this step: on any rank's signal, on every rank at the same step."""
+    if not info.distributed:
+        return flag
+    return not distributed.agree(not flag)
+
+
 def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
           num_classes: Optional[int], out: Optional[Path], fp: Dict[str, Any],
           config: Dict[str, Any], progress: bool, callback: Any,
@@ -337,11 +366,20 @@ def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
     t0, n_images, saved_at, mid, lr = time.perf_counter(), 0, -1, False, 0.0
 
     def save() -> None:
-        if out is not None:
+        error = None
+        if out is not None:  # rank 0
             extra = {"best": run.best, "best_epoch": run.best_epoch, "history": run.history,
-                     "ema": run.ema.state_dict() if run.ema is not None else None}
-            save_checkpoint(out / LAST, **run.state(), fingerprint=fp, config=config,
-                            extra=extra, kind=KIND)
+                     "ema": run.ema.state_dict() if run.ema is not None else None,
+                     "world_size": run.info.world_size}
+            try:
+                save_checkpoint(out / LAST, **run.state(), fingerprint=fp, config=config,
+                                extra=extra, kind=KIND)
+            except OSError as exc:  # disk full, permissions: the old file stands
+                error = exc.strerror or str(exc)
+        if run.info.distributed and not distributed.agree(error is None):
+            error = error or "on rank 0"
+        if error is not None:  # every rank stops, none waits in the next collective
+            raise CheckpointError(f"could not write the training checkpoint: {error}")
 
     try:
         with Interrupts() as interrupts:
@@ -353,12 +391,12 @@ def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
                     mid = True
                     losses.append(run.train_step(images, targets, distiller, num_classes))
                     mid = False
-                    seen += int(images.shape[0])
+                    seen += int(images.shape[0]) * run.info.world_size  # the global batch
                     bar.update(run.step, losses[-1], lr, seen / max(time.perf_counter() - t_epoch, 1e-9))
                     if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step % spe:
                         save()
                         saved_at = run.step
-                    if interrupts.flag:
+                    if _stop(interrupts.flag, run.info):
                         raise KeyboardInterrupt
                     if run.step % spe == 0:
                         break
