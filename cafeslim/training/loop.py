@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -33,18 +32,17 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..config import RETRAIN_RESUMABLE, RetrainConfig, changed_settings, to_dict
-from ..errors import CheckpointError, DataError, OutputExistsError
+from ..config import RetrainConfig, to_dict
+from ..errors import CheckpointError, DataError
 from ..metrics import topk_accuracy
 from ..supernet import distributed
-from ..supernet.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from ..supernet.checkpoint import capture_rng, restore_rng, save_checkpoint
 from ..supernet.schedule import amp_setup
 from ..supernet.train_log import Interrupts, Progress
 from .distill import make_distiller
 from .recipe import ModelEma, classification_loss, make_optimizer, make_scheduler, mix_batch
-
-KIND = "cafeslim-train"
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+from .resume import (BEST, KIND, LAST, METRICS, load_resume, model_fingerprint, refuse_existing,
+                     save_best, write_metrics)
 
 
 @dataclass
@@ -74,18 +72,6 @@ class TrainOutcome:
     images_per_s: float = 0.0
     seconds: float = 0.0
     resumed_from: Optional[int] = None
-
-
-def model_fingerprint(model: nn.Module, name: str = "") -> Dict[str, Any]:
-    """What a training checkpoint must match: the model name and every tensor's name and shape.
-
-    Example:
-        >>> model_fingerprint(nn.Linear(2, 3), "lin")["model"]
-        'lin'
-    """
-    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    return {"model": name or type(model).__name__,
-            "shapes": hashlib.sha1(text.encode()).hexdigest()[:16]}
 
 
 def accuracy(model: nn.Module, batches: Iterable[Any], device: torch.device) -> Tuple[float, float, int]:
@@ -118,31 +104,6 @@ def _steps_per_epoch(data: Any) -> int:
     if spe < 1:
         raise DataError("the training data yields no batch; lower the batch size")
     return spe
-
-
-def _load_resume(path: Path, fp: Dict[str, Any], config: Dict[str, Any],
-                 world_size: int = 1) -> Dict[str, Any]:
-    """The checkpoint to resume, checked against this model, these settings and processes."""
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint to resume ({path} does not exist)")
-    ckpt = load_checkpoint(path, kind=KIND)
-    saved_world = int((ckpt.get("extra") or {}).get("world_size", 1))
-    if saved_world != world_size:  # another global batch, data sharding and schedule
-        raise CheckpointError(f"checkpoint {path} was made by {saved_world} process(es), this "
-                              f"run has {world_size}; resume with the same torchrun "
-                              "--nproc_per_node")
-    found = ckpt.get("fingerprint") or {}
-    if found.get("model") != fp["model"] or found.get("shapes") != fp["shapes"]:
-        raise CheckpointError(f"checkpoint {path} was made for another model "
-                              f"({found.get('model')}), not this {fp['model']}")
-    old = ckpt.get("config") or {}
-    changed = {k: v for k, v in changed_settings(old, {k: config[k] for k in old if k in config}).items()
-               if k not in RETRAIN_RESUMABLE}
-    if changed:
-        diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise CheckpointError(f"checkpoint {path} was made with other settings ({diff}); "
-                              "resume with the training's own settings")
-    return ckpt
 
 
 class _Run:
@@ -267,9 +228,9 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
     if resume:  # every check before anything is written
         if out is None:
             raise CheckpointError("resume needs the output folder of the interrupted training")
-        ckpt = _load_resume(out / LAST, fp, config, info.world_size)
+        ckpt = load_resume(out / LAST, fp, config, info.world_size)
     elif out is not None:
-        distributed.on_main(lambda: _refuse_existing(out))
+        distributed.on_main(lambda: refuse_existing(out))
     spe = _steps_per_epoch(data)
     model.to(device).train()
     run = _Run(model, cfg, spe, info)
@@ -286,19 +247,13 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
     if out is not None and info.main:
         out.mkdir(parents=True, exist_ok=True)
         if resume:  # the log reads as one run: drop epochs after the checkpoint
-            _write_metrics(out / METRICS, run.history)
+            write_metrics(out / METRICS, run.history)
         else:
             (out / METRICS).unlink(missing_ok=True)
     resumed_from = run.step if resume else None
     # Only rank 0 writes files and draws progress; every rank trains and evaluates.
     return _loop(run, data, test, holdout, distiller, num_classes, out if info.main else None,
                  fp, config, progress and info.main, callback, resumed_from)
-
-
-def _refuse_existing(out: Path) -> None:
-    if (out / LAST).exists():
-        raise OutputExistsError(f"{out} already holds a training checkpoint; pass --resume to "
-                                "continue it, or --force / another --out to start over")
 
 
 def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
@@ -313,19 +268,13 @@ def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
     return n
 
 
-def _write_metrics(path: Path, records: List[Dict[str, Any]]) -> None:
-    from ..config import atomic_write
-
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def _save_best(path: Path, model: nn.Module, record: Dict[str, Any]) -> None:
-    from ..config import atomic_write
-
-    payload = {"format": f"{KIND}-best", "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "epoch": record["epoch"], "holdout_top1": record["holdout_top1"]}
-    atomic_write(path, lambda fh: torch.save(payload, fh))
+def _mean_loss(losses: List[float], info: distributed.DistInfo) -> float:
+    """The epoch's mean training loss; under torchrun over every rank's share of the batches."""
+    mean = sum(losses) / max(len(losses), 1)
+    if not info.distributed:
+        return mean
+    means = distributed.all_gather_object(mean)  # one collective per epoch, equal shares
+    return sum(means) / len(means)
 
 
 def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
@@ -333,7 +282,7 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
     """Evaluate after an epoch, keep ``best.pt`` (holdout only) and return the epoch's record."""
     model = run.result_model
     record: Dict[str, Any] = {"epoch": epoch + 1, "step": run.step,
-                              "loss": sum(losses) / max(len(losses), 1), "lr": lr,
+                              "loss": _mean_loss(losses, run.info), "lr": lr,
                               "img_s": round(seen / max(seconds, 1e-9), 2),
                               "train_s": round(seconds, 3)}
     record["holdout_top1"] = accuracy(model, holdout, run.device)[0] if holdout is not None else None
@@ -344,7 +293,7 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
     if record["holdout_top1"] is not None and record["holdout_top1"] > run.best:
         run.best, run.best_epoch = record["holdout_top1"], epoch + 1
         if out is not None:
-            _save_best(out / BEST, model, record)
+            save_best(out / BEST, model, record)
     run.history.append(record)
     return record
 
