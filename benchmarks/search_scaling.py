@@ -8,7 +8,7 @@ shared machine hits both alike. Under torchrun each rank scores its share of eve
 generation (:mod:`cafeslim.search.parallel`). Prints the times, their ratio, whether the
 results are identical, and the load average around each run.
 
-    python benchmarks/search_scaling.py runs/test_resnet-50pct --nproc 2 --repeat 2
+    python benchmarks/search_scaling.py runs/test_resnet-50pct --nproc 2 --repeat 2 [--iterations 3]
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def worker(run: Path, out: Path) -> None:
+def worker(run: Path, out: Path, iterations: int) -> None:
     """One timed search on the run's supernet (every rank; rank 0 writes ``out``)."""
+    from dataclasses import replace
+
     import torch
 
     torch.set_num_threads(1)
@@ -45,7 +47,9 @@ def worker(run: Path, out: Path) -> None:
         fitness = make_fitness(b, net)
         distributed.barrier()
         t0 = time.perf_counter()
-        results = search_with(b.settings.search, fitness, b.space, b.fm, b.budgets,
+        cfg = b.settings.search
+        cfg = replace(cfg, iterations=iterations) if iterations else cfg
+        results = search_with(cfg, fitness, b.space, b.fm, b.budgets,
                               seed=b.settings.train.seed)
         distributed.barrier()
         seconds = time.perf_counter() - t0
@@ -62,10 +66,11 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _once(run: Path, nproc: int, tmp: Path) -> dict:
+def _once(run: Path, nproc: int, tmp: Path, iterations: int) -> dict:
     out = tmp / f"n{nproc}-{time.time_ns()}.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    me = [str(Path(__file__).resolve()), "--worker", str(run), str(out)]
+    me = [str(Path(__file__).resolve()), "--worker", str(run), str(out),
+          "--iterations", str(iterations)]
     cmd = [sys.executable, *me] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
         str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(_port()), *me]
@@ -81,10 +86,12 @@ def main() -> None:
     ap.add_argument("run", type=Path, nargs="?")
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--iterations", type=int, default=0,
+                    help="evolution generations (default 0: the run's own setting)")
     ap.add_argument("--worker", nargs=2, metavar=("RUN", "OUT"))
     args = ap.parse_args()
     if args.worker:
-        worker(Path(args.worker[0]), Path(args.worker[1]))
+        worker(Path(args.worker[0]), Path(args.worker[1]), args.iterations)
         return
     if args.run is None:
         ap.error("RUN is required")
@@ -93,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
             for n in ((1, args.nproc) if i % 2 == 0 else (args.nproc, 1)):
-                doc = _once(args.run.resolve(), n, Path(tmp))
+                doc = _once(args.run.resolve(), n, Path(tmp), args.iterations)
                 times[n].append(doc["seconds"])
                 docs.setdefault(n, doc)
                 print(f"round {i + 1}: {n} process(es) × 1 thread: {doc['seconds']:.1f} s "

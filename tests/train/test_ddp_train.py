@@ -129,5 +129,5 @@ def test_cli_train_under_torchrun(tmp_path):
                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0
     lines = [x for x in again.stderr.splitlines() if x.startswith("error: ")]
-    assert len(lines) == 1 and "already" in lines[0], again.stderr[-2000:]
+    assert len(lines) == 1 and "not empty" in lines[0], again.stderr[-2000:]
     assert (out / "last.pt").read_bytes() == before
