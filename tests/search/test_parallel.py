@@ -103,3 +103,26 @@ def test_share_scores_is_a_no_op_in_one_process():
     fit = FunctionFitness(lambda k: float(k.sum()), Space())
     assert share_scores(fit, [(1, 2), (3, 4)]) == 0
     assert fit.cache == {} and fit.stats.widths == 0
+
+
+@pytest.mark.slow
+def test_cli_search_under_torchrun_writes_one_run_folder(tmp_path):
+    import json
+
+    import torch
+
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "cafeslim",
+           "search", "timm:test_resnet", "--flops", "50%", "--epochs", "1", "--img-size", "16",
+           "-b", "32", "--population", "4", "--iterations", "2", "--recal-batches", "1",
+           "--eval-batches", "2", "--device", "cpu", "--out", str(run)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("D_val score:") == 1  # rank 0's summary only
+    result = json.loads((run / "result.json").read_text())
+    lines = (run / "search.jsonl").read_text().splitlines()
+    assert len(lines) == result["budgets"][0]["evaluated"] > 4  # every record written once
+    assert len({tuple(json.loads(x)["k"]) for x in lines}) == len(lines)
+    assert torch.load(run / "last.pt", weights_only=False)["extra"]["world_size"] == 2
