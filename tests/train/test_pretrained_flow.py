@@ -19,7 +19,7 @@ SMALL = ("--img-size", "16", "-b", "64", "--device", "cpu", "--threads", "1")
 @pytest.mark.slow
 def test_train_original_then_search_train_inherit_with_kd_and_eval(tmp_path, cli):
     orig = tmp_path / "orig"
-    res = cli("train", "timm:test_resnet", "--epochs", "1", *SMALL, "--out", orig)
+    res = cli("train", "timm:test_resnet", "--epochs", "1", *SMALL, "--out", orig, timeout=900)
     assert res.returncode == 0, res.stderr
     weights = orig / "weights.safetensors"
     assert weights.is_file()
@@ -27,7 +27,7 @@ def test_train_original_then_search_train_inherit_with_kd_and_eval(tmp_path, cli
     run = tmp_path / "run"
     res = cli("search", "timm:test_resnet", "--weights", weights, "--flops", "50%", "--epochs", "1",
               "--population", "4", "--iterations", "1", "--recal-batches", "1",
-              "--eval-batches", "1", *SMALL, "--out", run)
+              "--eval-batches", "1", *SMALL, "--out", run, timeout=900)
     assert res.returncode == 0, res.stderr
     settings = yaml.safe_load((run / "config.yaml").read_text())
     assert settings["bins"]["order"] == "l1" and settings["weights"] == str(weights)
@@ -35,14 +35,14 @@ def test_train_original_then_search_train_inherit_with_kd_and_eval(tmp_path, cli
     sd = torch.load(run / "last.pt", weights_only=False)["model"]
     assert any(k.endswith("conv1.0.weight") for k in sd)
 
-    res = cli("train", run, "--init", "inherit", "--epochs", "1", *SMALL)
+    res = cli("train", run, "--init", "inherit", "--epochs", "1", *SMALL, timeout=900)
     assert res.returncode == 0, res.stderr
     assert "teacher original (timm:test_resnet)" in res.stdout  # the default with --weights
     meta = json.loads((run / "train" / "widths.json").read_text())
     assert meta["trained"]["init"] == "inherit" and meta["trained"]["teacher"].startswith("original")
     assert meta["flops"]["slim"] < 0.55 * meta["flops"]["full"]
 
-    res = cli("eval", run / "train")
+    res = cli("eval", run / "train", timeout=600)
     assert res.returncode == 0, res.stderr
     assert "top-1" in res.stdout
 

@@ -33,7 +33,8 @@ def snapshot(folder):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("cli") / "teacher"
-    res = cli("train", "timm:test_resnet", *FAST, "--out", out)
+    # Generous: a training epoch and three exports, on a shared machine.
+    res = cli("train", "timm:test_resnet", *FAST, "--out", out, timeout=900)
     assert res.returncode == 0, res.stderr
     return out, res
 
@@ -136,7 +137,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_weights(trained, tmp_p
     assert proc.wait() == -9  # killed, not finished
     step = torch.load(run / "last.pt", weights_only=True)["step"]
     assert 0 < step < 20 and not (run / "model.pt").exists()
-    res = cli("train", "timm:test_resnet", "--out", run, "--resume", "--threads", "1")
+    res = cli("train", "timm:test_resnet", "--out", run, "--resume", "--threads", "1", timeout=900)
     assert res.returncode == 0, res.stderr
     a = torch.load(run / "model.pt", weights_only=False).state_dict()
     b = torch.load(out / "model.pt", weights_only=False).state_dict()
