@@ -75,7 +75,11 @@ def _once(run: Path, nproc: int, tmp: Path, iterations: int) -> dict:
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
         str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(_port()), *me]
     load0 = os.getloadavg()[0]
-    subprocess.run(cmd, check=True, env=env, cwd=REPO)
+    # torchrun starts its workers in new sessions; with the kernel's autogroup scheduling
+    # (sched_autogroup_enabled) a session is one CPU-share group, so the single process must
+    # get its own session too, or it shares one group with whatever else this shell runs
+    # (measured: 0.17 instead of about 0.5 when it did).
+    subprocess.run(cmd, check=True, env=env, cwd=REPO, start_new_session=True)
     doc = json.loads(out.read_text())
     doc["load"] = (round(load0, 1), round(os.getloadavg()[0], 1))
     return doc
