@@ -3,11 +3,10 @@
 Under ``torchrun --nproc_per_node N`` every rank runs the same search (same seed, same
 generator, same cache), so every rank knows the same generation of width vectors. Scoring one
 (BatchNorm recalibration, then D_val top-1 for each of its candidates) needs nothing from the
-others, so :func:`share_scores` lets each rank score its share of the generation's uncached vectors
-on its own (:func:`~cafeslim.supernet.distributed.local_only`: no
-collective, and the calibration batches a single process would read, see
-:func:`cafeslim.data.loaders.unsharded`), then all-gathers the results into every rank's
-cache. The search then continues on every rank from identical caches: the same parents, the
+others, so :func:`share_scores` lets each rank score its share of the generation's uncached
+vectors on its own (:func:`~cafeslim.supernet.distributed.local_only`: no collective, and the
+calibration batches a single process would read, see :func:`cafeslim.data.loaders.unsharded`),
+then all-gathers the results into every rank's cache. The search then continues on every rank from identical caches: the same parents, the
 same children, the same result as one process — in about 1/N of the scoring time.
 
 The shares balance the work: a vector costs one recalibration and D_val pass per candidate,
