@@ -145,7 +145,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
         out_dir = out_dir or default_run_dir(settings)
     set_threads(threads)
     res = run_search(settings, out_dir, resume=resume, force=force)
-    render_result(res.run_dir, res.result)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for every rank
+        render_result(res.run_dir, res.result)
 
 
 def set_threads(threads: Optional[int]) -> int:

@@ -45,7 +45,7 @@ def test_train_original_then_search_train_inherit_with_kd_and_eval(tmp_path, cli
 
     res = cli("eval", run / "train", timeout=600)
     assert res.returncode == 0, res.stderr
-    assert "top-1" in res.stdout
+    assert "359 held-out images" in " ".join(res.stdout.split())  # the demo's test digits
 
 
 def test_weights_order_channels_by_l1_unless_told_otherwise(tmp_path):
