@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -56,6 +57,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _fail(message: str, code: int) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun every rank fails alike: rank 0 says it
+        sys.exit(code)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     # One line, whatever the message: scripts grep it and tests count it.
     console.print(Text(" ".join(message.split()), style="red"))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, List, Optional
 import typer
 from rich.text import Text
 
-from ..config import ExportConfig, ensure_empty_dir
+from ..config import ExportConfig, default_order, ensure_empty_dir
 from ..errors import ConfigError, ExportError
 from ..export.formats import FORMATS
 from ..pipeline.rundir import is_run_dir
@@ -31,8 +31,10 @@ Order = choice_enum(ExportConfig, "order")  # the first channels, or the largest
 UniformOpt = Annotated[Optional[float], typer.Option(
     "--uniform", metavar="F", show_default=False,
     help="Keep this fraction of the channels of every searchable group (0 < F ≤ 1).")]
-OrderOpt = Annotated[Order, typer.Option(
-    "--order", case_sensitive=False, help="Channels kept: natural order, or largest L1 norm first.")]
+OrderOpt = Annotated[Optional[Order], typer.Option(
+    "--order", case_sensitive=False, show_default=False,
+    help="Channels kept: largest L1 norm first (default with --pretrained/--weights) or the "
+         "natural order (default for random weights).")]
 FormatOpt = Annotated[str, typer.Option(
     "--format", metavar="LIST", help=f"Comma-separated formats out of {','.join(FORMATS)}.")]
 FlopsOpt = Annotated[Optional[str], typer.Option(
@@ -60,7 +62,7 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty 
 
 
 def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: UniformOpt = None,
-                   flops: FlopsOpt = None, order: OrderOpt = Order.natural,
+                   flops: FlopsOpt = None, order: OrderOpt = None,
                    formats: FormatOpt = ",".join(FORMATS),
                    widths: WidthsOpt = None, budget: BudgetOpt = None, init: InitOpt = Init.inherit,
                    force: ForceOpt = False, weights: WeightsOpt = None,
@@ -94,9 +96,9 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
     fmt = parse_formats(formats)
     if is_run_dir(model):
         if uniform is not None or flops is not None or widths is not None or weights is not None \
-                or pretrained or num_classes is not None:
-            raise ConfigError("a run folder is exported as searched: --uniform, --flops, "
-                              "--widths, --weights, --pretrained and --num-classes go with MODEL")
+                or pretrained or num_classes is not None or order is not None:
+            raise ConfigError("a run folder is exported as searched: --uniform, --flops, --widths, "
+                              "--weights, --pretrained, --num-classes and --order go with MODEL")
         from ..pipeline.run_export import export_run
 
         render_run_export(export_run(model, budget, init=init.value, formats=fmt, out_dir=out_dir,
@@ -115,7 +117,8 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
     info = load_model(model, weights, pretrained, num_classes)
     from ..pipeline.uniform import uniform_export
 
-    report = uniform_export(info, fraction=uniform, flops=flops, order=order.value, formats=fmt,
+    keep = default_order(order.value if order else None, bool(pretrained or weights))
+    report = uniform_export(info, fraction=uniform, flops=flops, order=keep, formats=fmt,
                             out_dir=out_dir, widths_file=widths, force=force)
     render_export(info.name, report)
     errors = getattr(report, "errors", None)

@@ -17,7 +17,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..config import SearchConfig, TrainConfig, load_settings, resolve_settings
+from ..config import BinsConfig, SearchConfig, TrainConfig, load_settings, resolve_settings
 from ..errors import ConfigError
 from ..pipeline.rundir import default_run_dir
 from .aug import (AaOpt, AugOpt, HflipOpt, NoAugOpt, RatioOpt, ReprobOpt, ScaleOpt, ShiftOpt,
@@ -29,6 +29,7 @@ Method = choice_enum(SearchConfig, "method")  # cafenet: locally free; fixed: r 
 SearcherChoice = choice_enum(SearchConfig, "searcher")  # evolution (CafeNet-E), random (-R)
 Device = choice_enum(TrainConfig, "device")
 Sampling = choice_enum(TrainConfig, "sampling")
+Order = choice_enum(BinsConfig, "order")  # which channels a width keeps first
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:  # noqa: A002 - typer's keyword
@@ -93,6 +94,9 @@ RandomNOpt = _int("--random-n", "--method random: width vectors trained per budg
 RandomEpochsOpt = _int("--random-epochs", "--method random: epochs each is trained (default 1).")
 SamplingMixOpt = _float("--sampling-mix", "--sampling mixed: the budget fraction (default 0.5).")
 ThreadsOpt = _int("--threads", "CPU threads for PyTorch (default: the idle cores, at least 1).")
+OrderOpt = Annotated[Optional[Order], _opt("--order", case_sensitive=False, help=(
+    "Channel order: l1 (largest L1 norm first; default with --pretrained/--weights) or "
+    "natural (the first channels; default for random weights)."))]
 
 
 def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None,
@@ -111,7 +115,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    no_aug: NoAugOpt = False, scale: ScaleOpt = None, ratio: RatioOpt = None,
                    hflip: HflipOpt = None, aa: AaOpt = None, reprob: ReprobOpt = None,
                    shift: ShiftOpt = None, threads: ThreadsOpt = None,
-                   weights: WeightsOpt = None, pretrained: PretrainedOpt = False) -> None:
+                   weights: WeightsOpt = None, pretrained: PretrainedOpt = False,
+                   order: OrderOpt = None) -> None:
     """Train a CafeNet supernet on MODEL and search its per-layer widths under FLOPs budgets.
 
     Analyses the model, makes FLOPs-sensitive bins, trains the supernet with min-min steps,
@@ -147,7 +152,7 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    "iterations": iterations, "samples": samples, "stages": stages,
                    "alpha": alpha, "eval_batches": eval_batches, "recal_batches": recal_batches,
                    "random_n": random_n, "random_epochs": random_epochs},
-        "bins": {"beta": beta, "divisor": divisor},
+        "bins": {"beta": beta, "divisor": divisor, "order": order.value if order else None},
     }
     from ..pipeline import run_search
 
@@ -164,7 +169,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
         out_dir = out_dir or default_run_dir(settings)
     set_threads(threads)
     res = run_search(settings, out_dir, resume=resume, force=force)
-    render_result(res.run_dir, res.result)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for every rank
+        render_result(res.run_dir, res.result)
 
 
 def set_threads(threads: Optional[int]) -> int:

@@ -82,6 +82,10 @@ TeacherOpt = Annotated[Optional[str], _o("--teacher", metavar="original|supernet
 AlphaOpt = _float("--kd-alpha", "Weight of the distillation term (default 0.5).")
 TempOpt = _float("--kd-temperature", "Distillation temperature (default 4).")
 ThreadsOpt = _int("--threads", "CPU threads for PyTorch (default: the idle cores, at least 1).")
+CkptOpt = _int("--ckpt-every", "Steps between last.pt checkpoints besides every epoch's end "
+               "(default 0: epochs only).", lo=0)
+ClassesOpt = _int("--num-classes", "Classifier outputs (MODEL: builds the head; default: the "
+                  "data's classes). The data must have as many classes.")
 
 
 def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = None,
@@ -94,7 +98,8 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
                   device: DeviceOpt = None, seed: SeedOpt = None, img_size: ImgOpt = None,
                   aug: AugOpt = None, init: InitOpt = None, teacher: TeacherOpt = None,
                   kd_alpha: AlphaOpt = None, kd_temperature: TempOpt = None,
-                  threads: ThreadsOpt = None) -> None:
+                  threads: ThreadsOpt = None, ckpt_every: CkptOpt = None,
+                  num_classes: ClassesOpt = None) -> None:
     """Train the sub-network a search chose (RUN), an export, or a model, and export it again.
 
     Writes a train/ folder: config.yaml, last.pt (atomic; --resume continues bit-exactly),
@@ -118,7 +123,8 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
         "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix,
         "model_ema": model_ema, "workers": workers, "amp": _v(amp), "device": _v(device),
         "seed": seed, "img_size": img_size, "aug": _v(aug), "init": _v(init), "teacher": teacher,
-        "kd_alpha": kd_alpha, "kd_temperature": kd_temperature}
+        "kd_alpha": kd_alpha, "kd_temperature": kd_temperature, "ckpt_every": ckpt_every,
+        "num_classes": num_classes}
     from ..training.run import train_target
     from ..training.target import resolve_target
     from .search import set_threads
@@ -133,6 +139,8 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
     set_threads(threads)
     res = train_target(target, cfg, data=data, budget=budget, out_dir=out_dir, resume=resume,
                        force=force)
+    if not res.main:  # under torchrun rank 0 speaks for every rank
+        return
     o = res.outcome
     t1 = "–" if o.test_top1 is None else f"{100 * o.test_top1:.2f}%"
     t5 = "–" if o.test_top5 is None else f"{100 * o.test_top5:.2f}%"

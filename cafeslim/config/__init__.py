@@ -20,7 +20,7 @@ from .aug import AugConfig, aug_of
 from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml,
                     ensure_empty_dir, load_yaml, resolve, section, to_dict)
 from .run import (CONFIG_FILE, DEMO, DEMO_IMG_SIZE, DEMO_PRESET, RUN_FORMAT, RunSettings,
-                  load_settings, method_offset, resolve_settings)
+                  default_order, load_settings, method_offset, resolve_settings)
 from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainConfig, choices
 from .train import RETRAIN_RESUMABLE, RetrainConfig
 
@@ -29,5 +29,5 @@ __all__ = [
     "MinMinConfig", "RESUMABLE_CHANGES", "RETRAIN_RESUMABLE", "RUN_FORMAT", "RetrainConfig", "RunSettings", "SearchConfig",
     "TrainConfig", "atomic_write", "changed_settings", "choices", "dump_yaml", "ensure_empty_dir",
     "load_settings",
-    "aug_of", "load_yaml", "method_offset", "resolve", "resolve_settings", "section", "to_dict",
+    "aug_of", "default_order", "load_yaml", "method_offset", "resolve", "resolve_settings", "section", "to_dict",
 ]

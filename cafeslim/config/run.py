@@ -35,6 +35,22 @@ DEMO_IMG_SIZE = 64  # the digits are 8×8: a larger input only costs time
 _TOP = {"format", "model", "data", "pretrained", "weights", "train", "search", "bins"}
 
 
+def default_order(order: Optional[str], has_weights: bool) -> str:
+    """The channel order of a search or export: given, else ``l1`` for trained weights.
+
+    With random weights every channel is alike, so the natural order is as good as any; with
+    pretrained (``--pretrained``/``--weights``) weights the largest-L1 channels carry the most
+    and keeping them first makes the supernet's narrow sub-networks start from the best ones.
+
+    Example:
+        >>> default_order(None, True), default_order(None, False), default_order("natural", True)
+        ('l1', 'natural', 'natural')
+    """
+    if order is not None:
+        return str(order)
+    return "l1" if has_weights else "natural"
+
+
 def method_offset(method: str, offset: Optional[int]) -> Optional[int]:
     """The offset a method implies: ``fixed`` is r = 0, the others keep ``offset``.
 
@@ -153,13 +169,17 @@ def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
     name = model or y.get("model")
     if not name:
         raise ConfigError("no model: pass MODEL or set model: in the config file")
+    is_pretrained = bool(pretrained if pretrained else y.get("pretrained", False))
+    weights = str(weights) if weights is not None else y.get("weights")
+    bins_flags: Dict[str, Any] = dict(flags.get("bins") or {})
+    # Resolved here, so the order actually used is what config.yaml records.
+    given = bins_flags.get("order") if bins_flags.get("order") is not None else layer["bins"].get("order")
+    bins_flags["order"] = default_order(given, is_pretrained or bool(weights))
     return RunSettings(
-        model=str(name), data=data, search=search,
-        pretrained=bool(pretrained if pretrained else y.get("pretrained", False)),
-        weights=str(weights) if weights is not None else y.get("weights"),
+        model=str(name), data=data, search=search, pretrained=is_pretrained, weights=weights,
         train=resolve(TrainConfig, train_flags, layer["train"]),
-        bins=resolve(BinsConfig, flags.get("bins"), layer["bins"]))
+        bins=resolve(BinsConfig, bins_flags, layer["bins"]))
 
 
 __all__ = ["CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "RUN_FORMAT", "RunSettings",
-           "load_settings", "method_offset", "resolve_settings"]
+           "default_order", "load_settings", "method_offset", "resolve_settings"]

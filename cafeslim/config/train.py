@@ -26,7 +26,7 @@ from .aug import AugConfig
 from .stages import _check, choices  # noqa: F401 - choices: the doctest's and callers' helper
 
 # Where a resumed training may differ from the first invocation: how, not what, it computes.
-RETRAIN_RESUMABLE = ("workers", "device")
+RETRAIN_RESUMABLE = ("workers", "device", "ckpt_every")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class RetrainConfig(AugConfig):
 
     Attributes:
         epochs: passes over the training images (D_tr: the training set minus the holdout).
-        batch_size: images per step.
+        batch_size: images per step and per process (under ``torchrun`` the global batch is
+            ``batch_size × processes``).
         lr: peak learning rate; None: 0.1 × batch/64 for SGD, 1e-3 × batch/64 for AdamW.
         opt: ``sgd`` (Nesterov momentum) or ``adamw``.
         momentum: SGD momentum.
@@ -68,6 +69,9 @@ class RetrainConfig(AugConfig):
         kd_alpha: weight of the distillation term (loss = (1-α)·CE + α·T²·KL).
         kd_temperature: T of the distillation softmax.
         ckpt_every: steps between ``last.pt`` checkpoints besides every epoch's end (0: off).
+        num_classes: outputs of the classifier. A model TARGET is built with this many (None:
+            the data's class count); a run or export keeps its head, and either way the data
+            must have exactly this many classes.
 
     Example:
         >>> RetrainConfig(batch_size=128).peak_lr()
@@ -100,6 +104,7 @@ class RetrainConfig(AugConfig):
     kd_alpha: float = 0.5
     kd_temperature: float = 4.0
     ckpt_every: int = 0
+    num_classes: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check(((self.epochs >= 1, "epochs must be at least 1"),
@@ -119,20 +124,25 @@ class RetrainConfig(AugConfig):
                 (self.img_size is None or self.img_size >= 8, "img_size must be at least 8"),
                 (0 <= self.kd_alpha <= 1, "kd_alpha must be in [0, 1]"),
                 (self.kd_temperature > 0, "kd_temperature must be positive"),
-                (self.ckpt_every >= 0, "ckpt_every must be non-negative")))
+                (self.ckpt_every >= 0, "ckpt_every must be non-negative"),
+                (self.num_classes is None or self.num_classes >= 1,
+                 "num_classes must be at least 1")))
         super().__post_init__()
 
-    def peak_lr(self) -> float:
-        """The learning rate after warmup (linear in the batch size when not given).
+    def peak_lr(self, world_size: int = 1) -> float:
+        """The learning rate after warmup (linear in the global batch when not given).
+
+        ``batch_size`` is per process, so under ``torchrun`` the global batch is
+        ``batch_size × world_size``: two processes at ``-b 32`` get the rate of one at ``-b 64``.
 
         Example:
-            >>> RetrainConfig(lr=0.05).peak_lr()
-            0.05
+            >>> RetrainConfig(lr=0.05).peak_lr(), RetrainConfig(batch_size=32).peak_lr(world_size=2)
+            (0.05, 0.1)
         """
         if self.lr is not None:
             return float(self.lr)
         base = 0.1 if self.opt == "sgd" else 1e-3
-        return base * self.batch_size / 64
+        return base * self.batch_size * int(world_size) / 64
 
     def decay(self) -> float:
         """The weight decay in use (the optimizer's default when not given).

@@ -277,6 +277,30 @@ def _augmented(train_ds: Any, eval_ds: Any, augc: Any, source: str, info: ModelI
     return train_ds
 
 
+def unsharded(loader: DataLoader) -> DataLoader:
+    """``loader`` over all of its dataset, as one process reads it (itself when not sharded).
+
+    Under ``torchrun`` the calibration loader is sharded; a rank that scores width vectors on
+    its own (:mod:`cafeslim.search.parallel`) recalibrates on the batches a single process
+    would use, so that the search's result does not depend on the number of processes.
+
+    Example:
+        >>> unsharded(data.calib).sampler.num_replicas                  # doctest: +SKIP
+        1
+    """
+    s = loader.sampler
+    if not isinstance(s, ResumableSampler) or s.num_replicas == 1:
+        return loader
+    whole = ResumableSampler(loader.dataset, num_replicas=1, rank=0, seed=s.run_seed,
+                             shuffle=s.shuffle)
+    whole.set_epoch(s.epoch)
+    gen = torch.Generator().manual_seed(loader.generator.initial_seed()) \
+        if loader.generator is not None else None
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=whole,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      persistent_workers=loader.persistent_workers, generator=gen)
+
+
 def split_val(indices: Sequence[int], fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """Split ``indices`` into (D_tr, D_val) by a permutation fixed by ``seed``.
 

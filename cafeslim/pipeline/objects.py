@@ -127,10 +127,14 @@ def make_fitness(b: Built, supernet: Any, space: Any = None, offset: Optional[in
     Example:
         >>> make_fitness(build(settings), Supernet(...))(space.num_bins).top1   # doctest: +SKIP
     """
+    from ..data.loaders import unsharded
     from ..search import Fitness
 
     s = b.settings.search
-    return Fitness(supernet, space or b.space, b.data.calib, b.data.val, recal_n=s.recal_batches,
+    # The batches one process recalibrates on, also under torchrun (the parallel search
+    # scores each width on one rank): the result does not depend on the number of processes.
+    return Fitness(supernet, space or b.space, unsharded(b.data.calib), b.data.val,
+                   recal_n=s.recal_batches,
                    eval_n=s.eval_batches, offset=offset, flops_model=b.fm,
                    channels_last=b.settings.train.channels_last)
 

@@ -143,11 +143,21 @@ class Searcher:
     # ------------------------------------------------------------------ shared
 
     def score(self, K: np.ndarray) -> List[FitnessResult]:
-        """Fitness of every row; a record goes to ``on_eval`` the first time a key is seen."""
+        """Fitness of every row; a record goes to ``on_eval`` the first time a key is seen.
+
+        Under ``torchrun`` the rows are scored in parallel, each rank its share, and the
+        results gathered on every rank (:func:`~cafeslim.search.parallel.share_scores`): the
+        records, the cache and the search's course are the same on every rank and the same as
+        in one process.
+        """
+        from .parallel import share_scores
+
+        keys = [as_key(k) for k in np.atleast_2d(K)]
+        was = {key: self.fitness.cached(key) is not None for key in keys}
+        share_scores(self.fitness, keys)
         out = []
-        for k in np.atleast_2d(K):
-            key = as_key(k)
-            was_cached = self.fitness.cached(key) is not None
+        for key in keys:
+            was_cached = was[key]
             res = self.fitness(key)
             out.append(res)
             if key in self.scored:

@@ -53,7 +53,9 @@ def _all_reduce_mean(stats: Dict[str, torch.Tensor]) -> None:
     """Average floating statistics across ranks in one collective (in place)."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    from .distributed import collective_world
+
+    if collective_world() < 2:  # one process, or a rank scoring on its own (parallel search)
         return
     keys = [k for k, v in stats.items() if v.is_floating_point()]
     if not keys:

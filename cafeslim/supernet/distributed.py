@@ -24,7 +24,7 @@ import datetime
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import ConfigError
 
 _TIMEOUT = datetime.timedelta(minutes=30)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,55 @@ def session(device: str = "auto") -> Iterator[DistInfo]:
             teardown()
 
 
+_LOCAL = [0]  # depth of nested local_only() blocks
+
+
+@contextmanager
+def local_only() -> Iterator[None]:
+    """A block in which this rank computes alone: library collectives are skipped.
+
+    The parallel search (:mod:`cafeslim.search.parallel`) scores different width vectors on
+    different ranks; BatchNorm recalibration must then not average its statistics across
+    ranks (they measure different sub-networks), see :func:`collective_world`.
+
+    Example:
+        >>> with local_only():
+        ...     collective_world()
+        1
+    """
+    _LOCAL[0] += 1
+    try:
+        yield
+    finally:
+        _LOCAL[0] -= 1
+
+
+def collective_world() -> int:
+    """Ranks a library collective spans now: 1 without a process group or in :func:`local_only`.
+
+    Example:
+        >>> collective_world()
+        1
+    """
+    if _LOCAL[0] or not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+def all_gather_object(obj: Any) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in a single process).
+
+    Example:
+        >>> all_gather_object({"k": 1})
+        [{'k': 1}]
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def is_main() -> bool:
     """True on rank 0 (and in a single process): the rank that writes files and prints."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -207,6 +257,32 @@ def wrap_ddp(supernet: nn.Module, info: DistInfo) -> nn.Module:
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DistributedDataParallel(supernet, device_ids=ids, output_device=ids[0] if ids else None,
                                    broadcast_buffers=True, find_unused_parameters=False)
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only; every rank returns its result or raises its error.
+
+    For the checks and writes only rank 0 may do (create, check or delete the output folder):
+    the other ranks wait for it, and fail with the same error instead of racing it or waiting
+    in the next collective. In a single process it is just ``fn()``.
+
+    Example:
+        >>> on_main(lambda: 42)
+        42
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return fn()
+    result: Any = None
+    error: Optional[BaseException] = None
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
+            error = exc
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -33,18 +32,17 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..config import RETRAIN_RESUMABLE, RetrainConfig, changed_settings, to_dict
-from ..errors import CheckpointError, DataError, OutputExistsError
+from ..config import RetrainConfig, to_dict
+from ..errors import CheckpointError, DataError
 from ..metrics import topk_accuracy
 from ..supernet import distributed
-from ..supernet.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from ..supernet.checkpoint import capture_rng, restore_rng, save_checkpoint
 from ..supernet.schedule import amp_setup
 from ..supernet.train_log import Interrupts, Progress
 from .distill import make_distiller
 from .recipe import ModelEma, classification_loss, make_optimizer, make_scheduler, mix_batch
-
-KIND = "cafeslim-train"
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+from .resume import (BEST, KIND, LAST, METRICS, load_resume, model_fingerprint, refuse_existing,
+                     save_best, write_metrics)
 
 
 @dataclass
@@ -74,18 +72,6 @@ class TrainOutcome:
     images_per_s: float = 0.0
     seconds: float = 0.0
     resumed_from: Optional[int] = None
-
-
-def model_fingerprint(model: nn.Module, name: str = "") -> Dict[str, Any]:
-    """What a training checkpoint must match: the model name and every tensor's name and shape.
-
-    Example:
-        >>> model_fingerprint(nn.Linear(2, 3), "lin")["model"]
-        'lin'
-    """
-    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
-    return {"model": name or type(model).__name__,
-            "shapes": hashlib.sha1(text.encode()).hexdigest()[:16]}
 
 
 def accuracy(model: nn.Module, batches: Iterable[Any], device: torch.device) -> Tuple[float, float, int]:
@@ -120,33 +106,21 @@ def _steps_per_epoch(data: Any) -> int:
     return spe
 
 
-def _load_resume(path: Path, fp: Dict[str, Any], config: Dict[str, Any]) -> Dict[str, Any]:
-    """The checkpoint to resume, checked against this model and these settings."""
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint to resume ({path} does not exist)")
-    ckpt = load_checkpoint(path, kind=KIND)
-    found = ckpt.get("fingerprint") or {}
-    if found.get("model") != fp["model"] or found.get("shapes") != fp["shapes"]:
-        raise CheckpointError(f"checkpoint {path} was made for another model "
-                              f"({found.get('model')}), not this {fp['model']}")
-    old = ckpt.get("config") or {}
-    changed = {k: v for k, v in changed_settings(old, {k: config[k] for k in old if k in config}).items()
-               if k not in RETRAIN_RESUMABLE}
-    if changed:
-        diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise CheckpointError(f"checkpoint {path} was made with other settings ({diff}); "
-                              "resume with the training's own settings")
-    return ckpt
-
-
 class _Run:
-    """The mutable state of one :func:`train` call (kept apart so each piece stays short)."""
+    """The mutable state of one :func:`train` call (kept apart so each piece stays short).
 
-    def __init__(self, model: nn.Module, cfg: RetrainConfig, spe: int, device: torch.device):
-        self.model, self.cfg, self.spe, self.device = model, cfg, spe, device
-        self.optimizer = make_optimizer(model, cfg)
+    Under ``torchrun`` ``forward`` is the DDP wrapper (gradients averaged over the ranks) and
+    ``model`` the module it wraps, whose weights every rank holds identically.
+    """
+
+    def __init__(self, model: nn.Module, cfg: RetrainConfig, spe: int,
+                 info: distributed.DistInfo):
+        self.model, self.cfg, self.spe, self.info = model, cfg, spe, info
+        self.device = info.device
+        self.forward: nn.Module = model
+        self.optimizer = make_optimizer(model, cfg, info.world_size)
         self.scheduler = make_scheduler(self.optimizer, cfg, spe)
-        self.autocast, self.scaler = amp_setup(cfg, device)
+        self.autocast, self.scaler = amp_setup(cfg, self.device)
         self.ema = ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None
         self.step, self.best, self.best_epoch = 0, float("-inf"), None
         self.history: List[Dict[str, Any]] = []
@@ -187,7 +161,7 @@ class _Run:
         ctx = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
                else torch.autocast(self.device.type, enabled=False))
         with ctx:
-            logits = self.model(images)
+            logits = self.forward(images)
             loss = classification_loss(logits, targets, soft, cfg.label_smoothing)
             if distiller is not None:
                 loss = distiller.loss(logits, images, loss)
@@ -246,37 +220,40 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
         test = data.test if test is None else test
         holdout = (data.val if data.sizes.get("val") else None) if holdout is None else holdout
     out = Path(out_dir) if out_dir is not None else None
-    device = distributed.current(cfg.device).device
+    info = distributed.current(cfg.device)
+    device = info.device
     fp = model_fingerprint(model, name)
     config = to_dict(cfg)
     ckpt = None
     if resume:  # every check before anything is written
         if out is None:
             raise CheckpointError("resume needs the output folder of the interrupted training")
-        ckpt = _load_resume(out / LAST, fp, config)
-    elif out is not None and (out / LAST).exists():
-        raise OutputExistsError(f"{out} already holds a training checkpoint; pass --resume to "
-                                "continue it, or --force / another --out to start over")
+        ckpt = load_resume(out / LAST, fp, config, info.world_size)
+    elif out is not None:
+        distributed.on_main(lambda: refuse_existing(out))
     spe = _steps_per_epoch(data)
     model.to(device).train()
-    run = _Run(model, cfg, spe, device)
+    run = _Run(model, cfg, spe, info)
     if ckpt is not None:
         run.restore(ckpt)
         del ckpt
+    # After the restore: wrapping broadcasts rank 0's weights, so every rank starts alike.
+    run.forward = distributed.wrap_ddp(model, info)
     distiller = make_distiller(teacher, cfg.kd_alpha, cfg.kd_temperature)
     if distiller is not None:
         distiller.to(device)
     mixing = cfg.mixup > 0 or cfg.cutmix > 0
     num_classes = _num_classes(model, data, device) if mixing else None
-    if out is not None:
+    if out is not None and info.main:
         out.mkdir(parents=True, exist_ok=True)
         if resume:  # the log reads as one run: drop epochs after the checkpoint
-            _write_metrics(out / METRICS, run.history)
+            write_metrics(out / METRICS, run.history)
         else:
             (out / METRICS).unlink(missing_ok=True)
     resumed_from = run.step if resume else None
-    return _loop(run, data, test, holdout, distiller, num_classes, out, fp, config, progress,
-                 callback, resumed_from)
+    # Only rank 0 writes files and draws progress; every rank trains and evaluates.
+    return _loop(run, data, test, holdout, distiller, num_classes, out if info.main else None,
+                 fp, config, progress and info.main, callback, resumed_from)
 
 
 def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
@@ -291,19 +268,13 @@ def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
     return n
 
 
-def _write_metrics(path: Path, records: List[Dict[str, Any]]) -> None:
-    from ..config import atomic_write
-
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
-
-
-def _save_best(path: Path, model: nn.Module, record: Dict[str, Any]) -> None:
-    from ..config import atomic_write
-
-    payload = {"format": f"{KIND}-best", "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "epoch": record["epoch"], "holdout_top1": record["holdout_top1"]}
-    atomic_write(path, lambda fh: torch.save(payload, fh))
+def _mean_loss(losses: List[float], info: distributed.DistInfo) -> float:
+    """The epoch's mean training loss; under torchrun over every rank's share of the batches."""
+    mean = sum(losses) / max(len(losses), 1)
+    if not info.distributed:
+        return mean
+    means = distributed.all_gather_object(mean)  # one collective per epoch, equal shares
+    return sum(means) / len(means)
 
 
 def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
@@ -311,7 +282,7 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
     """Evaluate after an epoch, keep ``best.pt`` (holdout only) and return the epoch's record."""
     model = run.result_model
     record: Dict[str, Any] = {"epoch": epoch + 1, "step": run.step,
-                              "loss": sum(losses) / max(len(losses), 1), "lr": lr,
+                              "loss": _mean_loss(losses, run.info), "lr": lr,
                               "img_s": round(seen / max(seconds, 1e-9), 2),
                               "train_s": round(seconds, 3)}
     record["holdout_top1"] = accuracy(model, holdout, run.device)[0] if holdout is not None else None
@@ -322,9 +293,16 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
     if record["holdout_top1"] is not None and record["holdout_top1"] > run.best:
         run.best, run.best_epoch = record["holdout_top1"], epoch + 1
         if out is not None:
-            _save_best(out / BEST, model, record)
+            save_best(out / BEST, model, record)
     run.history.append(record)
     return record
+
+
+def _stop(flag: bool, info: distributed.DistInfo) -> bool:
+    """Whether to stop after this step: on any rank's signal, on every rank at the same step."""
+    if not info.distributed:
+        return flag
+    return not distributed.agree(not flag)
 
 
 def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
@@ -337,11 +315,20 @@ def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
     t0, n_images, saved_at, mid, lr = time.perf_counter(), 0, -1, False, 0.0
 
     def save() -> None:
-        if out is not None:
+        error = None
+        if out is not None:  # rank 0
             extra = {"best": run.best, "best_epoch": run.best_epoch, "history": run.history,
-                     "ema": run.ema.state_dict() if run.ema is not None else None}
-            save_checkpoint(out / LAST, **run.state(), fingerprint=fp, config=config,
-                            extra=extra, kind=KIND)
+                     "ema": run.ema.state_dict() if run.ema is not None else None,
+                     "world_size": run.info.world_size}
+            try:
+                save_checkpoint(out / LAST, **run.state(), fingerprint=fp, config=config,
+                                extra=extra, kind=KIND)
+            except OSError as exc:  # disk full, permissions: the old file stands
+                error = exc.strerror or str(exc)
+        if run.info.distributed and not distributed.agree(error is None):
+            error = error or "on rank 0"
+        if error is not None:  # every rank stops, none waits in the next collective
+            raise CheckpointError(f"could not write the training checkpoint: {error}")
 
     try:
         with Interrupts() as interrupts:
@@ -353,12 +340,12 @@ def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
                     mid = True
                     losses.append(run.train_step(images, targets, distiller, num_classes))
                     mid = False
-                    seen += int(images.shape[0])
+                    seen += int(images.shape[0]) * run.info.world_size  # the global batch
                     bar.update(run.step, losses[-1], lr, seen / max(time.perf_counter() - t_epoch, 1e-9))
                     if cfg.ckpt_every and run.step % cfg.ckpt_every == 0 and run.step % spe:
                         save()
                         saved_at = run.step
-                    if interrupts.flag:
+                    if _stop(interrupts.flag, run.info):
                         raise KeyboardInterrupt
                     if run.step % spe == 0:
                         break

@@ -50,8 +50,10 @@ class WarmupSchedule:
         return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def make_optimizer(model: nn.Module, cfg: RetrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: RetrainConfig, world_size: int = 1) -> torch.optim.Optimizer:
     """SGD (Nesterov) or AdamW over two groups: decayed weights, undecayed norms and biases.
+
+    ``world_size``: processes under ``torchrun`` (the default rate follows the global batch).
 
     Example:
         >>> make_optimizer(nn.Linear(4, 2), RetrainConfig(opt="adamw")).__class__.__name__
@@ -59,8 +61,8 @@ def make_optimizer(model: nn.Module, cfg: RetrainConfig) -> torch.optim.Optimize
     """
     groups = param_groups(model, cfg.decay())
     if cfg.opt == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.peak_lr())
-    return torch.optim.SGD(groups, lr=cfg.peak_lr(), momentum=cfg.momentum,
+        return torch.optim.AdamW(groups, lr=cfg.peak_lr(world_size))
+    return torch.optim.SGD(groups, lr=cfg.peak_lr(world_size), momentum=cfg.momentum,
                            nesterov=cfg.momentum > 0)
 
 

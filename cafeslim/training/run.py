@@ -28,6 +28,7 @@ from .loop import LAST, TrainOutcome, train
 from .target import Target, build_student, head_classes, load_module, original, resolve_target
 
 TRAIN_FORMAT = "cafeslim.train/1"
+WEIGHTS = "weights.safetensors"  # the trained state dict, for --weights
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TrainRun:
     teacher: str
     files: Dict[str, Path] = field(default_factory=dict)
     export_errors: Dict[str, str] = field(default_factory=dict)
+    main: bool = True  # False on the ranks other than 0 under torchrun (they write nothing)
 
 
 def _supernet_teacher(t: Target) -> nn.Module:
@@ -134,11 +136,28 @@ def train_target(target: str, cfg: RetrainConfig = RetrainConfig(), *, data: Opt
         CafeslimError: a TARGET that is no run, export or model; data whose classes do not
             match the model's head; a missing, corrupt or foreign checkpoint on resume.
 
+    Under ``torchrun --nproc_per_node N`` every rank trains the same model on its share of
+    each global batch (``-b`` per process, DDP); only rank 0 checks, creates or empties the
+    folder, writes files and draws progress.
+
     Example:
         >>> train_target("timm:test_resnet", RetrainConfig(epochs=1)).outcome.epochs  # doctest: +SKIP
         1
     """
+    from ..supernet import distributed
+
+    with distributed.session(cfg.device) as info:
+        res = _train_target(target, cfg, data, budget, out_dir, resume, force, formats,
+                            progress and info.main)
+        res.main = info.main
+        return res
+
+
+def _train_target(target: str, cfg: RetrainConfig, data: Optional[str], budget: Optional[str],
+                  out_dir: Union[str, Path, None], resume: bool, force: bool,
+                  formats: Collection[str], progress: bool) -> TrainRun:
     from ..data import build_data, dataset_classes
+    from ..supernet.distributed import is_main, on_main
 
     t = resolve_target(target, budget)
     source = data or t.data or DEMO
@@ -146,15 +165,20 @@ def train_target(target: str, cfg: RetrainConfig = RetrainConfig(), *, data: Opt
     if resume:
         if not (out / LAST).is_file():
             raise CheckpointError(f"nothing to resume in {out} (no {LAST})")
-    else:
-        ensure_empty_dir(out, force, what="training folder",
-                         hint="pass --resume to continue it, --force to start over, or --out")
+    else:  # rank 0 alone empties it; the others wait and share its verdict
+        on_main(lambda: ensure_empty_dir(out, force, what="training folder",
+                                         hint="pass --resume to continue it, --force to start "
+                                              "over, or --out"))
     classes = dataset_classes(source)
     # A run's or export's head keeps its classes: other data must then fail, not retrain a head.
-    wanted = len(classes) if t.kind == "model" else int(t.meta.get("num_classes") or 0) or len(classes)
+    wanted = (cfg.num_classes or len(classes)) if t.kind == "model" else \
+        int(t.meta.get("num_classes") or 0) or len(classes)
     model, info, graph, meta = build_student(t, cfg.init, wanted, cfg.img_size, cfg.seed)
     x = info.example_input()
     head = head_classes(model, x)
+    if cfg.num_classes is not None and head != cfg.num_classes:
+        raise ConfigError(f"{t.name} has a head of {head} classes, not --num-classes "
+                          f"{cfg.num_classes}; a run or export keeps its head")
     if head != len(classes):
         raise DataError(f"{source} has {len(classes)} classes, the model's head has {head}; "
                         "train it on data with the same classes (or train the model name anew)")
@@ -164,12 +188,14 @@ def train_target(target: str, cfg: RetrainConfig = RetrainConfig(), *, data: Opt
         raise ConfigError(f"the teacher {teacher_name} has {head_classes(teacher, x)} classes, "
                           f"the student {head}")
     loaders = build_data(source, info, replace(cfg, img_size=size))
-    if not resume:
+    if not resume and is_main():
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml({"format": TRAIN_FORMAT, "target": target, "budget": t.budget, "data": source,
                    "train": cfg}, out / "config.yaml")
     outcome = train(model, loaders, cfg, teacher=teacher, out_dir=out, resume=resume,
                     progress=progress, name=f"{info.name}:{t.kind}:{cfg.init}")
+    if not is_main():  # rank 0 exports and reports the model every rank holds
+        return TrainRun(out, t, outcome, teacher_name, main=False)
     return _finish(t, out, outcome, teacher_name, meta, graph, info, x, source, loaders, cfg,
                    formats)
 
@@ -191,13 +217,34 @@ def _finish(t: Target, out: Path, outcome: TrainOutcome, teacher_name: str,
             "seed": cfg.seed, "pretrained": t.pretrained, "weights": t.weights,
             "top1_test": outcome.test_top1, "trained": trained}
     res = export_model(model, x, out, set(formats), meta)
+    weights = save_weights(model, out / WEIGHTS)
     summary = {"target": t.name, "source": info.name, "init": cfg.init, "teacher": teacher_name,
                "data": source, "sizes": loaders.sizes, **trained,
                "best_holdout_top1": outcome.best_holdout_top1,
                "images_per_s": outcome.images_per_s, "seconds": outcome.seconds,
                "export_errors": res.errors}
     write_report(out, summary, outcome.history)
-    return TrainRun(out, t, outcome, teacher_name, dict(res.paths), dict(res.errors))
+    return TrainRun(out, t, outcome, teacher_name, {**res.paths, "weights": weights},
+                    dict(res.errors))
 
 
-__all__ = ["TRAIN_FORMAT", "TrainRun", "make_teacher", "train_target"]
+def save_weights(model: nn.Module, path: Path) -> Path:
+    """The trained weights as a ``.safetensors`` state dict, atomically.
+
+    ``--weights`` takes it (``cafeslim search MODEL --weights RUN/weights.safetensors``): a
+    model trained by ``cafeslim train MODEL`` becomes a pretrained start for a search.
+
+    Example:
+        >>> save_weights(nn.Linear(2, 3), Path("w.safetensors")).suffix   # doctest: +SKIP
+        '.safetensors'
+    """
+    from safetensors.torch import save
+
+    from ..config import atomic_write
+
+    blob = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    atomic_write(path, lambda fh: fh.write(blob))
+    return path
+
+
+__all__ = ["TRAIN_FORMAT", "TrainRun", "WEIGHTS", "make_teacher", "save_weights", "train_target"]

@@ -33,7 +33,8 @@ def snapshot(folder):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("cli") / "teacher"
-    res = cli("train", "timm:test_resnet", *FAST, "--out", out)
+    # Generous: a training epoch and three exports, on a shared machine.
+    res = cli("train", "timm:test_resnet", *FAST, "--out", out, timeout=900)
     assert res.returncode == 0, res.stderr
     return out, res
 
@@ -58,6 +59,21 @@ def test_target_that_is_nothing(tmp_path, cli, one_error_line):
     (tmp_path / "empty").mkdir()
     one_error_line(cli("train", tmp_path / "empty", *FAST), "neither", "run folder")
     one_error_line(cli("train", "no_such_model_xyz", *FAST), "unknown model")
+    (tmp_path / "notes.txt").write_text("hello")  # a file that is no run, export or model
+    one_error_line(cli("train", tmp_path / "notes.txt", *FAST), "neither")
+    assert (tmp_path / "notes.txt").read_text() == "hello"
+
+
+@pytest.mark.slow
+def test_num_classes_builds_the_head_and_must_match_the_data(trained, tmp_path, cli, one_error_line):
+    out, _ = trained
+    one_error_line(cli("train", "timm:test_resnet", *FAST, "--num-classes", "7", "--out",
+                       tmp_path / "seven"), "10 classes", "head has 7")
+    assert not (tmp_path / "seven").exists()
+    before = snapshot(out)
+    one_error_line(cli("train", out, *FAST, "--num-classes", "5", "--out", tmp_path / "five"),
+                   "--num-classes 5")
+    assert snapshot(out) == before and not (tmp_path / "five").exists()
 
 
 @pytest.mark.slow
@@ -103,11 +119,10 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_weights(trained, tmp_p
     import time
 
     out, _ = trained
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("train:\n  ckpt_every: 3\n")  # checkpoints mid-epoch, so the kill lands inside one
     run = tmp_path / "killed"
+    # Checkpoints mid-epoch, so the kill lands inside one (the resume need not repeat the flag).
     proc = subprocess.Popen([sys.executable, "-m", "cafeslim", "train", "timm:test_resnet", *FAST,
-                             "--out", str(run), "--config", str(cfg)], env=ENV,
+                             "--out", str(run), "--ckpt-every", "3"], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -122,7 +137,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_weights(trained, tmp_p
     assert proc.wait() == -9  # killed, not finished
     step = torch.load(run / "last.pt", weights_only=True)["step"]
     assert 0 < step < 20 and not (run / "model.pt").exists()
-    res = cli("train", "timm:test_resnet", "--out", run, "--resume", "--threads", "1")
+    res = cli("train", "timm:test_resnet", "--out", run, "--resume", "--threads", "1", timeout=900)
     assert res.returncode == 0, res.stderr
     a = torch.load(run / "model.pt", weights_only=False).state_dict()
     b = torch.load(out / "model.pt", weights_only=False).state_dict()
