@@ -133,3 +133,14 @@ def test_cli_choices_are_the_configs_literals(enum, config, name):
 def test_choices_of_a_plain_field_is_an_error():
     with pytest.raises(ConfigError, match="is not a choice"):
         choices(TrainConfig, "epochs")
+
+
+def test_demo_preset_fine_tunes_gently_from_weights():
+    from cafeslim.config import DEMO_PRESET, DEMO_TRAINED_START, resolve_settings
+
+    scratch = resolve_settings("timm:test_resnet", None, "demo", {})
+    trained = resolve_settings("timm:test_resnet", None, "demo", {}, weights="w.safetensors")
+    flagged = resolve_settings("timm:test_resnet", None, "demo", {"train": {"lr": 0.3}}, weights="w")
+    assert scratch.train.lr == DEMO_PRESET["train"]["lr"]
+    assert trained.train.lr == DEMO_TRAINED_START["lr"] and trained.train.warmup_epochs == 0
+    assert flagged.train.lr == 0.3

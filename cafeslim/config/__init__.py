@@ -19,15 +19,16 @@ Example:
 from .aug import AugConfig, aug_of
 from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml,
                     ensure_empty_dir, load_yaml, resolve, section, to_dict)
-from .run import (CONFIG_FILE, DEMO, DEMO_IMG_SIZE, DEMO_PRESET, RUN_FORMAT, RunSettings,
-                  default_order, load_settings, method_offset, resolve_settings)
+from .run import (CONFIG_FILE, DEMO, DEMO_IMG_SIZE, DEMO_PRESET, DEMO_TRAINED_START, RUN_FORMAT,
+                  RunSettings, default_order, load_settings, method_offset, resolve_settings)
 from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainConfig, choices
 from .train import RETRAIN_RESUMABLE, RetrainConfig
 
 __all__ = [
-    "AugConfig", "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "ExportConfig",
-    "MinMinConfig", "RESUMABLE_CHANGES", "RETRAIN_RESUMABLE", "RUN_FORMAT", "RetrainConfig", "RunSettings", "SearchConfig",
-    "TrainConfig", "atomic_write", "changed_settings", "choices", "dump_yaml", "ensure_empty_dir",
-    "load_settings",
-    "aug_of", "default_order", "load_yaml", "method_offset", "resolve", "resolve_settings", "section", "to_dict",
+    "AugConfig", "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET",
+    "DEMO_TRAINED_START", "ExportConfig", "MinMinConfig", "RESUMABLE_CHANGES",
+    "RETRAIN_RESUMABLE", "RUN_FORMAT", "RetrainConfig", "RunSettings", "SearchConfig",
+    "TrainConfig", "atomic_write", "aug_of", "changed_settings", "choices", "default_order",
+    "dump_yaml", "ensure_empty_dir", "load_settings", "load_yaml", "method_offset", "resolve",
+    "resolve_settings", "section", "to_dict",
 ]
