@@ -30,6 +30,7 @@ from torch import nn
 
 from ..config import MinMinConfig
 from ..graph.channel_graph import IndexSpec
+from .batched import candidate_outputs, chunk_size, chunks
 from .supernet import Supernet, spec_key, unwrap
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -103,16 +104,13 @@ def _selection_losses(net: Supernet, candidates: Sequence[IndexSpec], images: to
         # Train-mode BatchNorm needs two samples per channel at 1x1 feature maps.
         n = min(n, max(2, int(round(cfg.select_batch * n))))
     x, y = images[:n], targets[:n]
-    losses = []
     if cfg.select_dtype is not None:
         autocast_dtype = _SELECT_DTYPES[cfg.select_dtype]
     # inference_mode: no autograd bookkeeping at all (not even version counters) for forwards
     # whose only product is a number. The inner module is called directly, not a DDP wrapper,
     # so selection triggers no gradient-bucket preparation or buffer broadcast.
     with torch.inference_mode(), _autocast(images.device, autocast_dtype):
-        for spec in candidates:
-            net.set_subnet(spec)
-            losses.append(loss_fn(net(x), y).float().reshape(()))
+        losses = _candidate_losses(net, candidates, x, y, loss_fn)
     out = torch.stack(losses)
     if _dist_world() > 1:
         import torch.distributed as dist
@@ -122,6 +120,26 @@ def _selection_losses(net: Supernet, candidates: Sequence[IndexSpec], images: to
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= _dist_world()
     return out
+
+
+def _candidate_losses(net: Supernet, candidates: Sequence[IndexSpec], x: torch.Tensor, y: torch.Tensor,
+                      loss_fn: LossFn) -> List[torch.Tensor]:
+    """Each candidate's loss on ``(x, y)``: batched where :mod:`.batched` applies, else one by one.
+
+    Both paths run the same module attributes (:meth:`Supernet.call_setup`): train-mode
+    BatchNorm on batch statistics, running statistics neither read nor written.
+    """
+    keys = [net.prepare(s) for s in candidates]
+    losses: List[torch.Tensor] = []
+    for part in chunks(list(range(len(keys))), chunk_size(net, len(keys), x.shape[0])):
+        outs = candidate_outputs(net, [keys[i] for i in part], x) if len(part) > 1 else None
+        if outs is not None:
+            losses.extend(loss_fn(o, y).float().reshape(()) for o in outs)
+            continue
+        for i in part:
+            net.set_subnet(candidates[i])
+            losses.append(loss_fn(net(x), y).float().reshape(()))
+    return losses
 
 
 def _choose(net: Supernet, space: Any, k: Sequence[int], images: torch.Tensor, targets: torch.Tensor,
