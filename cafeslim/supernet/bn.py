@@ -190,14 +190,22 @@ def recalibrate_bn_many(
     return out
 
 
-def _batch_size(batches: Iterable[Any]) -> int:
-    """Images in the first batch (the loader's batch size) without consuming a one-shot iterator."""
-    size = getattr(batches, "batch_size", None)
-    if size:
-        return int(size)
-    kept = getattr(batches, "_kept", None) or (batches if isinstance(batches, (list, tuple)) else None)
-    if kept:
-        return int(_images(kept[0]).shape[0])
+def _batch_size(batches: Any) -> int:
+    """Images per batch (for the batching cap) without consuming a one-shot iterator.
+
+    A data loader's ``batch_size``, else the first kept batch of a replay (or of a list),
+    else the source a replay reads from; 1 when nothing tells.
+    """
+    for _ in range(4):
+        size = getattr(batches, "batch_size", None)
+        if size:
+            return int(size)
+        kept = getattr(batches, "_kept", None) or (batches if isinstance(batches, (list, tuple)) else None)
+        if kept:
+            return int(_images(kept[0]).shape[0])
+        batches = getattr(batches, "source", None)
+        if batches is None:
+            break
     return 1
 
 

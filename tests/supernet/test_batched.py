@@ -222,3 +222,16 @@ def test_memory_cap_chunks_and_cpu_default(one_thread):
     assert chunk_size(auto, 3, 8) == 1    # measured slower on CPU: sequential there
     with pytest.raises(ConfigError, match="batch_candidates"):
         build("conv-bn", "always")
+
+
+def test_batch_size_for_the_cap_is_read_without_consuming():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from cafeslim.search.supernet_fitness import _Replay
+    from cafeslim.supernet.bn import _batch_size
+
+    loader = DataLoader(TensorDataset(torch.randn(20, 3), torch.zeros(20)), batch_size=6)
+    replay = _Replay(loader, 2, 1 << 20)
+    assert _batch_size(loader) == _batch_size(replay) == 6
+    assert _batch_size([(torch.randn(5, 3), 0)]) == 5
+    assert replay._kept is None  # nothing was read
