@@ -58,8 +58,11 @@ def bench_minmin(args, model, graph, space, data) -> Dict[str, object]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     default = MinMinConfig()
     sides = {"random": ("off", MinMinConfig(offset=0)), "full_fp32": ("off", MinMinConfig(offset=1)),
-             "full_fp32_batched": ("on", MinMinConfig(offset=1)),
-             "default": ("off", default), "default_batched": ("on", default)}
+             "full_fp32_batched": ("on", MinMinConfig(offset=1))}
+    for sb in args.select_batches:
+        sides[f"sb{sb:g}"] = ("off", MinMinConfig(offset=1, select_batch=sb))
+    if all(cfg != default for _, cfg in sides.values()):
+        sides["default"] = ("off", default)
 
     def run(name: str, seeds: List[int]) -> float:
         mode, cfg = sides[name]
@@ -80,8 +83,9 @@ def bench_minmin(args, model, graph, space, data) -> Dict[str, object]:
             times[n].append(t[n] / args.steps)
         for n in ratios:
             ratios[n].append(t[n] / t["random"])
-        print(f"  rep {rep}: " + ", ".join(f"{n} {ratios[n][-1]:.2f}" for n in ratios), flush=True)
-    return {"minmin_default": {"select_batch": default.select_batch, "select_dtype": default.select_dtype},
+        print(f"  rep {rep} (load {os.getloadavg()[0]:.1f}): " + ", ".join(f"{n} {ratios[n][-1]:.2f}" for n in ratios), flush=True)
+    return {"minmin_default": {"select_batch": default.select_batch, "select_dtype": default.select_dtype,
+                               "side": next(n for n, (m, c) in sides.items() if m == "off" and c == default)},
             **{f"minmin_{n}_over_random": float(np.median(v)) for n, v in ratios.items()},
             **{f"minmin_{n}_step_s": float(np.median(v)) for n, v in times.items()},
             "minmin_batching_error": nets["on"].batching_error}
@@ -92,7 +96,11 @@ def bench_search(args, model, graph, fm, space, data) -> Dict[str, object]:
     from cafeslim.search import Fitness
 
     new_n = SearchConfig().recal_batches
-    sides = {"old": ("off", 20), "new": ("off", new_n), "new_batched": ("on", new_n)}
+    sides = {"old": ("off", 20)}
+    for n in sorted({*args.recal, new_n} - {20}, reverse=True):
+        sides[f"recal{n}"] = ("off", n)
+    low = min({*args.recal, new_n})
+    sides[f"recal{low}_batched"] = ("on", low)
     fits = {}
     for name, (mode, n) in sides.items():
         net = Supernet(model, graph, space, batch_candidates=mode)
@@ -108,16 +116,17 @@ def bench_search(args, model, graph, fm, space, data) -> Dict[str, object]:
             fits[n](k)
             secs[n].append(time.perf_counter() - t)
         print(f"  width {i}: " + ", ".join(f"{n} {secs[n][-1]:.1f} s" for n in sides), flush=True)
-    out = {"search_new_recal_batches": new_n, "search_widths": args.widths,
-           "search_batching_error": fits["new_batched"].net.batching_error}
+    out = {"search_default_recal_batches": new_n, "search_widths": args.widths,
+           "search_batching_error": fits[f"recal{low}_batched"].net.batching_error}
     for n in sides:
         out[f"search_{n}_widths_per_s"] = len(secs[n]) / sum(secs[n])
-    for n in ("new", "new_batched"):
-        out[f"search_{n}_over_old"] = float(np.median([o / s for o, s in zip(secs["old"], secs[n])]))
-    # Same winners? Only meaningful for the batched side against its sequential twin.
+        if n != "old":
+            out[f"search_{n}_over_old"] = float(np.median([o / s for o, s in zip(secs["old"], secs[n])]))
+    # The batched side scores exactly what its sequential twin scores.
+    seq = fits["old"] if low == 20 else fits[f"recal{low}"]
     out["search_batched_same_scores"] = all(
-        fits["new"].cache[tuple(int(v) for v in k)].candidate_top1s
-        == fits["new_batched"].cache[tuple(int(v) for v in k)].candidate_top1s for k in K[1:])
+        seq.cache[tuple(int(v) for v in k)].candidate_top1s
+        == fits[f"recal{low}_batched"].cache[tuple(int(v) for v in k)].candidate_top1s for k in K[1:])
     return out
 
 
@@ -129,9 +138,13 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="min-min steps per repetition and side")
     ap.add_argument("--widths", type=int, default=4, help="width vectors per search side (after one warm-up)")
+    ap.add_argument("--select-batches", default="0.5,0.25", help="select_batch sides besides 1.0")
+    ap.add_argument("--recal", default="4,2", help="recalibration-batch sides besides 20")
     ap.add_argument("--skip", default="", help="minmin,search")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
+    args.select_batches = [float(v) for v in args.select_batches.split(",") if v]
+    args.recal = [int(v) for v in args.recal.split(",") if v]
     torch.set_num_threads(1)
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()

@@ -127,10 +127,18 @@ class Fitness(CachedFitness):
         self.val = _Replay(val_batches, eval_n, max_bytes)
 
     def _evaluate(self, k: Key) -> FitnessResult:
+        from ..supernet.batched import record_time
+        from ..supernet.bn import _batch_size
+
         specs = self.candidate_specs(k)
+        t0 = time.perf_counter()
         scored = self._score_batched(specs)
+        batched = scored is not None
         if scored is None:
             scored = [self._score(spec) for spec in specs]
+        if len(specs) > 1:
+            record_time(self.net, "score", _batch_size(self.recal), batched,
+                        (time.perf_counter() - t0) / len(specs))
         tops = [t for t, _, _ in scored]
         recal_s = sum(r for _, r, _ in scored)
         eval_s = sum(e for _, _, e in scored)
@@ -177,26 +185,28 @@ class Fitness(CachedFitness):
         None when :mod:`cafeslim.supernet.batched` does not apply (then :meth:`_score` runs
         each candidate). Time is split evenly between the candidates.
         """
-        from ..supernet.batched import chunk_size
+        from ..supernet.batched import chunk_size, decided
         from ..supernet.bn import _batch_size, recalibrate_bn_many
 
         keys = [self.net.prepare(s) for s in specs]
-        if len(specs) < 2 or not all(keys) or chunk_size(self.net, len(specs), _batch_size(self.recal)) < 2:
+        size, k = _batch_size(self.recal), len(specs)
+        if k < 2 or not all(keys) or chunk_size(self.net, k, size, "score") < 2:
             return None
-        t0 = time.perf_counter()
         counter = [0]
-        recalibrate_bn_many(self.supernet, specs, _Sized(self.recal, counter, _batch_size(self.recal)),
-                            max_batches=self.recal_n, channels_last=self.channels_last)
-        t1 = time.perf_counter()
-        results = self._top1_many(specs)
-        t2 = time.perf_counter()
-        st, k = self.stats, len(specs)
+        with decided(self.net):  # recalibration and D_val follow this one decision
+            t0 = time.perf_counter()
+            recalibrate_bn_many(self.supernet, specs, _Sized(self.recal, counter, size),
+                                max_batches=self.recal_n, channels_last=self.channels_last)
+            t1 = time.perf_counter()
+            results = self._top1_many(specs)
+            t2 = time.perf_counter()
+            passes = -(-k // chunk_size(self.net, k, size, "score"))
+        st = self.stats
         st.candidates += k
         st.recal_s += t1 - t0
         st.eval_s += t2 - t1
         # Counted per candidate, as the sequential path does: the batches were read once per
         # chunk of candidates.
-        passes = -(-k // chunk_size(self.net, k, _batch_size(self.recal)))
         st.recal_images += counter[0] * k // passes
         st.eval_images += sum(n for _, n in results)
         return [(top1, (t1 - t0) / k, (t2 - t1) / k) for top1, _ in results]
@@ -219,7 +229,7 @@ class Fitness(CachedFitness):
                     x = x.to(self.device, non_blocking=True)
                     if self.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    for part in chunks(list(range(len(specs))), chunk_size(net, len(specs), x.shape[0])):
+                    for part in chunks(list(range(len(specs))), chunk_size(net, len(specs), x.shape[0], "score")):
                         outs = candidate_outputs(net, [keys[i] for i in part], x,
                                                  [stats[i] for i in part]) if len(part) > 1 else None
                         if outs is None:

@@ -11,10 +11,12 @@ average into fresh per-candidate buffers; in eval mode each candidate's own stat
 
 When batching applies (:func:`chunk_size`):
 
-* ``Supernet.batch_candidates``: ``"off"``; ``"on"``; ``"auto"`` (default) batches on CUDA
-  only — on the 2-core CPU this was measured on, a vmapped forward of 3 candidates took
-  1.05-1.3x the time of three sequential ones (grouped convolutions are no faster in oneDNN
-  there), see ``docs/performance.md``;
+* ``Supernet.batch_candidates``: ``"off"``; ``"on"``; ``"auto"`` (default): always on CUDA;
+  on a CPU measured on the run's own calls (:func:`_probe_says_batched`) — on the 2-core CPU
+  this was developed on, a vmapped forward of 3 ResNet-50 candidates at 128 px took
+  1.05-1.7x the time of three sequential ones (oneDNN's grouped convolutions are no faster
+  than separate ones), while small inputs, where per-op overheads dominate, gained (see
+  ``docs/performance.md``);
 * the candidates must share their gathered tensor names and module attributes (always true
   for aligned candidates; checked anyway);
 * memory cap: at most ``Supernet.max_batched_images`` images (candidates x batch) per
@@ -27,7 +29,8 @@ When batching applies (:func:`chunk_size`):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -38,20 +41,62 @@ from .gather import GatherOp, gather
 BATCH_MODES = ("auto", "on", "off")
 
 
-def chunk_size(net: Any, n_candidates: int, images: int) -> int:
+PROBES = 3
+"""Timed uses of each path per kind of work before ``auto`` settles on CPU."""
+
+
+def chunk_size(net: Any, n_candidates: int, images: int, kind: str = "select") -> int:
     """How many candidates to run per vmapped call (1: run them one by one).
 
+    Args:
+        net: the :class:`~cafeslim.supernet.Supernet`.
+        n_candidates: candidates of the width.
+        images: images per candidate and call (the memory cap counts candidates x images).
+        kind: the work (``select``, ``recal``, ``score``): ``auto`` probes each kind apart.
+
     Example:
-        >>> chunk_size(net, 3, 64)        # CPU, batch_candidates="auto"  # doctest: +SKIP
+        >>> chunk_size(net, 3, 64)        # batch_candidates="off"       # doctest: +SKIP
         1
     """
     mode = getattr(net, "batch_candidates", "auto")
     if n_candidates < 2 or mode == "off" or getattr(net, "batching_error", None):
         return 1
-    if mode == "auto" and net._device().type != "cuda":
-        return 1
     cap = int(getattr(net, "max_batched_images", 0)) // max(int(images), 1)
-    return max(1, min(n_candidates, cap))
+    size = max(1, min(n_candidates, cap))
+    if size > 1 and mode == "auto" and net._device().type != "cuda" and not _probe_says_batched(net, kind, images):
+        return 1
+    return size
+
+
+def _probe_says_batched(net: Any, kind: str, images: int) -> bool:
+    """CPU ``auto``: alternate the two paths for the first uses, then keep the faster one.
+
+    Whether batching pays on a CPU depends on the model and the sizes (per-op overheads
+    against oneDNN's grouped convolutions), so it is measured, per kind of work and batch
+    size, on the run's own calls. Both paths give the same numbers; a wrong pick costs time.
+    """
+    times = net.__dict__.setdefault("_batching_times", {}).setdefault((kind, int(images)), {True: [], False: []})
+    if len(times[False]) < PROBES or len(times[True]) < PROBES:
+        return len(times[True]) < len(times[False])  # sequential first, then alternate
+    return float(sorted(times[True])[PROBES // 2]) < float(sorted(times[False])[PROBES // 2])
+
+
+def record_time(net: Any, kind: str, images: int, batched: bool, seconds_per_candidate: float) -> None:
+    """Report the time of one use of a path to the CPU ``auto`` probe (ignored once settled)."""
+    times = net.__dict__.setdefault("_batching_times", {}).setdefault((kind, int(images)), {True: [], False: []})
+    if len(times[batched]) < PROBES:
+        times[batched].append(float(seconds_per_candidate))
+
+
+@contextmanager
+def decided(net: Any) -> Iterator[None]:
+    """Batch every step of a computation whose batching was decided as a whole (a width's
+    recalibration and D_val scoring): ``auto`` probes the whole, not its parts."""
+    mode, net.batch_candidates = net.batch_candidates, "on"
+    try:
+        yield
+    finally:
+        net.batch_candidates = mode
 
 
 def chunks(items: Sequence[Any], size: int) -> List[Sequence[Any]]:
@@ -176,5 +221,5 @@ def guarded(net: Any, fn: Callable[[], Any]) -> Any:
         return None
 
 
-__all__ = ["BATCH_MODES", "candidate_outputs", "chunk_size", "chunks", "compatible", "guarded",
-           "stacked_state", "vmapped_call"]
+__all__ = ["BATCH_MODES", "candidate_outputs", "chunk_size", "chunks", "compatible", "decided", "guarded",
+           "record_time", "stacked_state", "vmapped_call"]

@@ -173,20 +173,27 @@ def recalibrate_bn_many(
     """
     if max_batches < 1:
         raise ConfigError(f"max_batches must be at least 1, got {max_batches}")
-    from .batched import chunk_size, chunks
+    import time
+
+    from .batched import chunk_size, chunks, record_time
 
     net: Supernet = unwrap(supernet)
     specs = list(specs)
     keys = [net.prepare(s) for s in specs]
-    size = chunk_size(net, len(specs), _batch_size(batches)) if all(keys) else 1
+    images = _batch_size(batches)
+    size = chunk_size(net, len(specs), images, "recal") if all(keys) else 1
     out: List[Dict[str, torch.Tensor]] = []
+    t0, batched = time.perf_counter(), False
     for part in chunks(list(range(len(specs))), size):
         got = _recalibrate_batched(net, [specs[i] for i in part], batches, max_batches,
                                    channels_last) if len(part) > 1 else None
+        batched = batched or got is not None
         if got is None:
             got = [recalibrate_bn(supernet, specs[i], batches, max_batches, channels_last=channels_last)
                    for i in part]
         out.extend(got)
+    if len(specs) > 1:
+        record_time(net, "recal", images, batched, (time.perf_counter() - t0) / len(specs))
     return out
 
 

@@ -218,8 +218,6 @@ def test_memory_cap_chunks_and_cpu_default(one_thread):
         a = torch.stack(_candidate_losses(net, cands, x, y, F.cross_entropy))
         b = torch.stack(_candidate_losses(ref, cands, x, y, F.cross_entropy))
     assert close(a, b) <= RTOL
-    auto, _, _, _ = build("conv-bn", "auto")
-    assert chunk_size(auto, 3, 8) == 1    # measured slower on CPU: sequential there
     with pytest.raises(ConfigError, match="batch_candidates"):
         build("conv-bn", "always")
 
@@ -235,3 +233,21 @@ def test_batch_size_for_the_cap_is_read_without_consuming():
     assert _batch_size(loader) == _batch_size(replay) == 6
     assert _batch_size([(torch.randn(5, 3), 0)]) == 5
     assert replay._kept is None  # nothing was read
+
+
+def test_cpu_auto_measures_both_paths_then_keeps_the_faster(one_thread):
+    from cafeslim.supernet.batched import PROBES, record_time
+
+    auto, _, _, _ = build("conv-bn", "auto")
+    picks = []
+    for _ in range(2 * PROBES):
+        batched = chunk_size(auto, 3, 8) > 1
+        picks.append(batched)
+        record_time(auto, "select", 8, batched, 1.0 if batched else 2.0)
+    assert picks == [False, True] * PROBES  # sequential first, then alternating
+    assert chunk_size(auto, 3, 8) == 3     # batched measured faster: kept
+    assert chunk_size(auto, 3, 4) == 1     # another size is probed apart, sequential first
+    for _ in range(2 * PROBES):
+        batched = chunk_size(auto, 3, 4, "recal") > 1
+        record_time(auto, "recal", 4, batched, 2.0 if batched else 1.0)
+    assert chunk_size(auto, 3, 4, "recal") == 1  # sequential measured faster: kept
