@@ -59,8 +59,10 @@ def bench_minmin(args, model, graph, space, data) -> Dict[str, object]:
     default = MinMinConfig()
     sides = {"random": ("off", MinMinConfig(offset=0)), "full_fp32": ("off", MinMinConfig(offset=1)),
              "full_fp32_batched": ("on", MinMinConfig(offset=1))}
-    for sb in args.select_batches:
-        sides[f"sb{sb:g}"] = ("off", MinMinConfig(offset=1, select_batch=sb))
+    for item in args.selection:
+        sb, _, dtype = item.partition(":")
+        name = f"sb{float(sb):g}" + (f"_{dtype}" if dtype else "")
+        sides[name] = ("off", MinMinConfig(offset=1, select_batch=float(sb), select_dtype=dtype or None))
     if all(cfg != default for _, cfg in sides.values()):
         sides["default"] = ("off", default)
 
@@ -138,12 +140,13 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="min-min steps per repetition and side")
     ap.add_argument("--widths", type=int, default=4, help="width vectors per search side (after one warm-up)")
-    ap.add_argument("--select-batches", default="0.5,0.25", help="select_batch sides besides 1.0")
+    ap.add_argument("--selection", default="0.5,0.25,1:bfloat16",
+                    help="min-min sides besides full-batch fp32: select_batch[:select_dtype], comma-separated")
     ap.add_argument("--recal", default="4,2", help="recalibration-batch sides besides 20")
     ap.add_argument("--skip", default="", help="minmin,search")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
-    args.select_batches = [float(v) for v in args.select_batches.split(",") if v]
+    args.selection = [v for v in args.selection.split(",") if v]
     args.recal = [int(v) for v in args.recal.split(",") if v]
     torch.set_num_threads(1)
     skip = set(filter(None, args.skip.split(",")))
