@@ -67,7 +67,9 @@ bins:
 def test_an_old_run_folder_still_loads_to_the_same_settings(tmp_path):
     (tmp_path / "config.yaml").write_text(OLD_CONFIG)
     saved = load_settings(tmp_path)
-    again = resolve_settings("timm:test_resnet", None, None, {"search": {"flops": "50%"}})
+    # select_batch: the file holds the default of its time (1.0; since issue 11 it is 0.5).
+    again = resolve_settings("timm:test_resnet", None, None, {"search": {"flops": "50%"},
+                                                              "train": {"select_batch": 1.0}})
     # The demo's image size is filled in by the build, not by the resolution.
     assert saved == replace(again, train=replace(again.train, img_size=64))
     assert saved.train.select_dtype is None  # a field the old file did not have
