@@ -121,7 +121,10 @@ def compatible(net: Any, keys: Sequence[Any]) -> bool:
     preps = [net._prepare(k) for k in keys]
     first = preps[0]
     for p in preps[1:]:
-        if p.ops.keys() != first.ops.keys() or p.attrs != first.attrs:
+        try:
+            if p.ops.keys() != first.ops.keys() or p.attrs != first.attrs:
+                return False
+        except RuntimeError:  # an attribute that is a tensor: compare by running one by one
             return False
     return True
 
