@@ -11,12 +11,13 @@ average into fresh per-candidate buffers; in eval mode each candidate's own stat
 
 When batching applies (:func:`chunk_size`):
 
-* ``Supernet.batch_candidates``: ``"off"``; ``"on"``; ``"auto"`` (default): always on CUDA;
-  on a CPU measured on the run's own calls (:func:`_probe_says_batched`) — on the 2-core CPU
-  this was developed on, a vmapped forward of 3 ResNet-50 candidates at 128 px took
-  1.05-1.7x the time of three sequential ones (oneDNN's grouped convolutions are no faster
-  than separate ones), while small inputs, where per-op overheads dominate, gained (see
-  ``docs/performance.md``);
+* ``Supernet.batch_candidates``: ``"off"``; ``"on"``; ``"auto"`` (default): batched on CUDA,
+  sequential on a CPU — on the 2-core CPU this was developed on, a vmapped forward of 3
+  ResNet-50 candidates at 128 px took 1.2-1.75x the time of three sequential ones (oneDNN's
+  grouped convolutions are no faster than separate ones) and batched min-min and search were
+  slower too, see ``docs/performance.md``; ``"probe"``: on a CPU, time both paths on the run's
+  first calls and keep the faster (:func:`_probe_says_batched`; small inputs, where per-op
+  overheads dominate, can gain);
 * the candidates must share their gathered tensor names and module attributes (always true
   for aligned candidates; checked anyway);
 * memory cap: at most ``Supernet.max_batched_images`` images (candidates x batch) per
@@ -38,11 +39,11 @@ from torch import nn
 from ..export.slim import patched_attributes
 from .gather import GatherOp, gather
 
-BATCH_MODES = ("auto", "on", "off")
+BATCH_MODES = ("auto", "on", "off", "probe")
 
 
 PROBES = 3
-"""Timed uses of each path per kind of work before ``auto`` settles on CPU."""
+"""Timed uses of each path per kind of work before ``probe`` settles on a CPU."""
 
 
 def chunk_size(net: Any, n_candidates: int, images: int, kind: str = "select") -> int:
@@ -52,7 +53,7 @@ def chunk_size(net: Any, n_candidates: int, images: int, kind: str = "select") -
         net: the :class:`~cafeslim.supernet.Supernet`.
         n_candidates: candidates of the width.
         images: images per candidate and call (the memory cap counts candidates x images).
-        kind: the work (``select``, ``recal``, ``score``): ``auto`` probes each kind apart.
+        kind: the work (``select``, ``recal``, ``score``): ``probe`` times each kind apart.
 
     Example:
         >>> chunk_size(net, 3, 64)        # batch_candidates="off"       # doctest: +SKIP
@@ -63,13 +64,14 @@ def chunk_size(net: Any, n_candidates: int, images: int, kind: str = "select") -
         return 1
     cap = int(getattr(net, "max_batched_images", 0)) // max(int(images), 1)
     size = max(1, min(n_candidates, cap))
-    if size > 1 and mode == "auto" and net._device().type != "cuda" and not _probe_says_batched(net, kind, images):
-        return 1
+    if size > 1 and mode in ("auto", "probe") and net._device().type != "cuda":
+        if mode == "auto" or not _probe_says_batched(net, kind, images):
+            return 1
     return size
 
 
 def _probe_says_batched(net: Any, kind: str, images: int) -> bool:
-    """CPU ``auto``: alternate the two paths for the first uses, then keep the faster one.
+    """CPU ``probe``: alternate the two paths for the first uses, then keep the faster one.
 
     Whether batching pays on a CPU depends on the model and the sizes (per-op overheads
     against oneDNN's grouped convolutions), so it is measured, per kind of work and batch
@@ -82,7 +84,7 @@ def _probe_says_batched(net: Any, kind: str, images: int) -> bool:
 
 
 def record_time(net: Any, kind: str, images: int, batched: bool, seconds_per_candidate: float) -> None:
-    """Report the time of one use of a path to the CPU ``auto`` probe (ignored once settled)."""
+    """Report the time of one use of a path to the CPU ``probe`` (ignored once settled)."""
     times = net.__dict__.setdefault("_batching_times", {}).setdefault((kind, int(images)), {True: [], False: []})
     if len(times[batched]) < PROBES:
         times[batched].append(float(seconds_per_candidate))
@@ -91,7 +93,7 @@ def record_time(net: Any, kind: str, images: int, batched: bool, seconds_per_can
 @contextmanager
 def decided(net: Any) -> Iterator[None]:
     """Batch every step of a computation whose batching was decided as a whole (a width's
-    recalibration and D_val scoring): ``auto`` probes the whole, not its parts."""
+    recalibration and D_val scoring): ``probe`` times the whole, not its parts."""
     mode, net.batch_candidates = net.batch_candidates, "on"
     try:
         yield

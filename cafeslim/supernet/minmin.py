@@ -144,7 +144,7 @@ def _candidate_losses(net: Supernet, candidates: Sequence[IndexSpec], x: torch.T
             net.set_subnet(candidates[i])
             losses.append(loss_fn(net(x), y).float().reshape(()))
     if len(keys) > 1:
-        # The per-candidate time goes to the CPU "auto" probe; values are read on the host
+        # The per-candidate time goes to the CPU "probe"; values are read on the host
         # right after, so no device synchronisation is hidden here that was not there anyway.
         record_time(net, "select", x.shape[0], batched, (time.perf_counter() - t0) / len(keys))
     return losses

@@ -109,9 +109,10 @@ class Supernet(nn.Module):
         cache_size: prepared specs (indices, attributes) kept, least recently used first out.
             A training step touches 1–5 specs; search revisits few.
         max_bn_stats: recalibrated BN statistics kept per spec, least recently used first out.
-        batch_candidates: ``auto`` (CUDA only), ``on`` or ``off``: run the aligned candidates
-            of a width as one vmapped computation in min-min selection, recalibration and
-            D_val scoring (:mod:`cafeslim.supernet.batched`; same numbers either way).
+        batch_candidates: ``auto`` (CUDA only), ``on``, ``off`` or ``probe`` (CPU: time both,
+            keep the faster): run the aligned candidates of a width as one vmapped
+            computation in min-min selection, recalibration and D_val scoring
+            (:mod:`cafeslim.supernet.batched`; same numbers either way).
         max_batched_images: memory cap of one batched call, candidates x images.
 
     Example:
@@ -129,8 +130,8 @@ class Supernet(nn.Module):
                  cache_size: int = 16, max_bn_stats: int = 256, batch_candidates: str = "auto",
                  max_batched_images: int = 1024) -> None:
         super().__init__()
-        if batch_candidates not in ("auto", "on", "off"):
-            raise ConfigError(f"batch_candidates must be auto, on or off, not {batch_candidates!r}")
+        if batch_candidates not in ("auto", "on", "off", "probe"):
+            raise ConfigError(f"batch_candidates must be auto, on, off or probe, not {batch_candidates!r}")
         self.batch_candidates = batch_candidates
         self.max_batched_images = int(max_batched_images)
         self.batching_error: Optional[str] = None  # why vmap failed on this model, if it did

@@ -235,10 +235,12 @@ def test_batch_size_for_the_cap_is_read_without_consuming():
     assert replay._kept is None  # nothing was read
 
 
-def test_cpu_auto_measures_both_paths_then_keeps_the_faster(one_thread):
+def test_cpu_probe_measures_both_paths_then_keeps_the_faster(one_thread):
     from cafeslim.supernet.batched import PROBES, record_time
 
-    auto, _, _, _ = build("conv-bn", "auto")
+    default, _, _, _ = build("conv-bn", "auto")
+    assert chunk_size(default, 3, 8) == 1  # measured slower on this CPU: sequential by default
+    auto, _, _, _ = build("conv-bn", "probe")
     picks = []
     for _ in range(2 * PROBES):
         batched = chunk_size(auto, 3, 8) > 1
