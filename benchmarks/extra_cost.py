@@ -57,8 +57,9 @@ def bench_minmin(args, model, graph, space, data) -> Dict[str, object]:
     nets = {m: Supernet(model, graph, space, batch_candidates=m).train() for m in ("off", "on")}
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     default = MinMinConfig()
-    sides = {"random": ("off", MinMinConfig(offset=0)), "full_fp32": ("off", MinMinConfig(offset=1)),
-             "full_fp32_batched": ("on", MinMinConfig(offset=1))}
+    full = MinMinConfig(offset=1, select_batch=1.0, select_dtype=None)  # explicit: not the default
+    sides = {"random": ("off", MinMinConfig(offset=0)), "full_fp32": ("off", full),
+             "full_fp32_batched": ("on", full)}
     for item in args.selection:
         sb, _, dtype = item.partition(":")
         name = f"sb{float(sb):g}" + (f"_{dtype}" if dtype else "")
