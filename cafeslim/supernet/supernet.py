@@ -109,10 +109,8 @@ class Supernet(nn.Module):
         cache_size: prepared specs (indices, attributes) kept, least recently used first out.
             A training step touches 1–5 specs; search revisits few.
         max_bn_stats: recalibrated BN statistics kept per spec, least recently used first out.
-        batch_candidates: ``auto`` (CUDA only), ``on``, ``off`` or ``probe`` (CPU: time both,
-            keep the faster): run the aligned candidates of a width as one vmapped
-            computation in min-min selection, recalibration and D_val scoring
-            (:mod:`cafeslim.supernet.batched`; same numbers either way).
+        batch_candidates: ``auto`` (CUDA only), ``on``, ``off`` or ``probe``: run a width's
+            candidates as one vmapped computation (:mod:`cafeslim.supernet.batched`).
         max_batched_images: memory cap of one batched call, candidates x images.
 
     Example:
@@ -289,15 +287,9 @@ class Supernet(nn.Module):
 
     def call_setup(self, key: SpecKey, stats: Optional[Mapping[str, torch.Tensor]] = None
                    ) -> Tuple[Dict[str, Dict[str, Any]], List[str]]:
-        """Module attributes to patch and tensors not to gather for one call of a spec.
-
-        Shared by :meth:`forward` and the batched candidates
-        (:mod:`cafeslim.supernet.batched`), so both run BatchNorm alike.
-
-        Args:
-            key: a non-empty spec key.
-            stats: the recalibrated statistics the call will use (eval mode), or None.
-        """
+        """Attributes to patch and tensors not to gather for one call of spec ``key`` (non-empty)
+        with recalibrated ``stats`` (eval mode) or None; shared with :mod:`.batched`, so that
+        both paths run BatchNorm alike."""
         attrs = self._prepare(key).attrs
         skip: List[str] = []
         if self.training:
