@@ -130,12 +130,9 @@ class Supernet(nn.Module):
         super().__init__()
         if batch_candidates not in ("auto", "on", "off", "probe"):
             raise ConfigError(f"batch_candidates must be auto, on, off or probe, not {batch_candidates!r}")
-        self.batch_candidates = batch_candidates
-        self.max_batched_images = int(max_batched_images)
+        self.batch_candidates, self.max_batched_images = batch_candidates, int(max_batched_images)
         self.batching_error: Optional[str] = None  # why vmap failed on this model, if it did
-        self.model = model
-        self.graph = graph
-        self.space = space
+        self.model, self.graph, self.space = model, graph, space
         self.cache_size = int(cache_size)
         self.max_bn_stats = int(max_bn_stats)
         self._key: SpecKey = ()
