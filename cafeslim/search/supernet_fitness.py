@@ -127,12 +127,21 @@ class Fitness(CachedFitness):
         self.val = _Replay(val_batches, eval_n, max_bytes)
 
     def _evaluate(self, k: Key) -> FitnessResult:
-        tops, recal_s, eval_s = [], 0.0, 0.0
+        from ..supernet.batched import record_time
+        from ..supernet.bn import _batch_size
+
         specs = self.candidate_specs(k)
-        for spec in specs:
-            top1, r, e = self._score(spec)
-            tops.append(top1)
-            recal_s, eval_s = recal_s + r, eval_s + e
+        t0 = time.perf_counter()
+        scored = self._score_batched(specs)
+        batched = scored is not None
+        if scored is None:
+            scored = [self._score(spec) for spec in specs]
+        if len(specs) > 1:
+            record_time(self.net, "score", _batch_size(self.recal), batched,
+                        (time.perf_counter() - t0) / len(specs))
+        tops = [t for t, _, _ in scored]
+        recal_s = sum(r for _, r, _ in scored)
+        eval_s = sum(e for _, _, e in scored)
         best = int(np.argmax(tops))  # first maximum: ties go to the fixed pattern
         return FitnessResult(k, tops[best], specs[best], tuple(tops), self.spec_flops(specs[best]),
                              best, recal_s, eval_s)
@@ -170,6 +179,77 @@ class Fitness(CachedFitness):
         st.eval_images += n
         return top1, t2 - t1 + (t1 - t0), t3 - t2
 
+    def _score_batched(self, specs: Sequence[Any]) -> Optional[List[Tuple[float, float, float]]]:
+        """Scores of a width's candidates, recalibrated and evaluated together, or None.
+
+        None when :mod:`cafeslim.supernet.batched` does not apply (then :meth:`_score` runs
+        each candidate). Time is split evenly between the candidates.
+        """
+        from ..supernet.batched import chunk_size, decided
+        from ..supernet.bn import _batch_size, recalibrate_bn_many
+
+        keys = [self.net.prepare(s) for s in specs]
+        size, k = _batch_size(self.recal), len(specs)
+        if k < 2 or not all(keys) or chunk_size(self.net, k, size, "score") < 2:
+            return None
+        counter = [0]
+        with decided(self.net):  # recalibration and D_val follow this one decision
+            t0 = time.perf_counter()
+            recalibrate_bn_many(self.supernet, specs, _Sized(self.recal, counter, size),
+                                max_batches=self.recal_n, channels_last=self.channels_last)
+            t1 = time.perf_counter()
+            results = self._top1_many(specs)
+            t2 = time.perf_counter()
+            passes = -(-k // chunk_size(self.net, k, size, "score"))
+        st = self.stats
+        st.candidates += k
+        st.recal_s += t1 - t0
+        st.eval_s += t2 - t1
+        # Counted per candidate, as the sequential path does: the batches were read once per
+        # chunk of candidates.
+        st.recal_images += counter[0] * k // passes
+        st.eval_images += sum(n for _, n in results)
+        return [(top1, (t1 - t0) / k, (t2 - t1) / k) for top1, _ in results]
+
+    def _top1_many(self, specs: Sequence[Any]) -> List[Tuple[float, int]]:
+        """D_val top-1 of several recalibrated specs, batched where possible."""
+        from ..supernet.batched import candidate_outputs, chunk_size, chunks
+
+        net = self.net
+        keys = [net.prepare(s) for s in specs]
+        stats = [net.bn_stats(s) for s in specs]
+        modes = [(m, m.training) for m in net.modules()]
+        previous = net.spec
+        correct, total = [0] * len(specs), 0
+        try:
+            net.eval()
+            with torch.inference_mode():
+                for batch in self.val:
+                    x, y = _xy(batch)
+                    x = x.to(self.device, non_blocking=True)
+                    if self.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    for part in chunks(list(range(len(specs))), chunk_size(net, len(specs), x.shape[0], "score")):
+                        outs = candidate_outputs(net, [keys[i] for i in part], x,
+                                                 [stats[i] for i in part]) if len(part) > 1 else None
+                        if outs is None:
+                            outs = []
+                            for i in part:
+                                net.set_subnet(specs[i])
+                                outs.append(net(x))
+                        for i, out in zip(part, outs):
+                            if isinstance(out, (tuple, list)):
+                                out = out[0]
+                            correct[i] += int((out.argmax(1).cpu() == y.view(-1).cpu()).sum())
+                    total += int(y.numel())
+        finally:
+            net.set_subnet(previous)
+            for m, mode in modes:
+                m.training = mode
+        if total == 0:
+            raise DataError("the D_val loader is empty: nothing to evaluate the search on")
+        return [(c / total, total) for c in correct]
+
     def _top1(self, spec: Optional[Mapping[int, Sequence[int]]]) -> Tuple[float, int]:
         net = self.net
         modes = [(m, m.training) for m in net.modules()]
@@ -204,6 +284,16 @@ def _counted(batches: Iterable[Any], counter: List[int]) -> Iterator[Any]:
         x = b if isinstance(b, torch.Tensor) else (_xy(b)[0])
         counter[0] += int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() else 0
         yield b
+
+
+class _Sized:
+    """Re-iterable view of batches that tells their batch size (for the batching cap)."""
+
+    def __init__(self, batches: Any, counter: List[int], batch_size: int) -> None:
+        self.batches, self.counter, self.batch_size = batches, counter, batch_size
+
+    def __iter__(self) -> Iterator[Any]:
+        return _counted(self.batches, self.counter)
 
 
 __all__ = ["Fitness"]

@@ -6,7 +6,7 @@ measures a sub-network's BatchNorm statistics; ``minmin_step`` is one training s
 training loop (data, schedule, checkpoints) builds on these.
 """
 
-from .bn import recalibrate_bn
+from .bn import recalibrate_bn, recalibrate_bn_many
 from .minmin import MinMinConfig, StepStats, minmin_step, step_candidates
 from .supernet import Supernet, bn_modules, spec_key, unwrap
 
@@ -17,6 +17,7 @@ __all__ = [
     "bn_modules",
     "minmin_step",
     "recalibrate_bn",
+    "recalibrate_bn_many",
     "spec_key",
     "step_candidates",
     "unwrap",

@@ -12,7 +12,7 @@ are those of the deterministic network that will be evaluated).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -149,3 +149,134 @@ def recalibrate_bn(
     _all_reduce_mean(fresh)
     net.set_bn_stats(spec, fresh)
     return net.bn_stats(spec)
+
+
+def recalibrate_bn_many(
+    supernet: nn.Module,
+    specs: Sequence[Optional[Mapping[int, Sequence[int]]]],
+    batches: Iterable[Any],
+    max_batches: int = 20,
+    *,
+    channels_last: bool = False,
+) -> List[Dict[str, torch.Tensor]]:
+    """:func:`recalibrate_bn` for several specs; same-shape ones in one batched pass.
+
+    Where :mod:`cafeslim.supernet.batched` applies (aligned candidates of one width, CUDA or
+    ``batch_candidates="on"``, under the memory cap), the specs' statistics are measured in
+    one vmapped forward per batch, reading ``batches`` once per chunk of specs instead of once
+    per spec; otherwise each spec is recalibrated alone. The statistics are the same either
+    way (``tests/supernet/test_batched.py``).
+
+    Returns:
+        The stored statistics of every spec, in order.
+
+    Example:
+        >>> stats = recalibrate_bn_many(net, fitness.candidate_specs(k), loader, max_batches=2)
+    """
+    if max_batches < 1:
+        raise ConfigError(f"max_batches must be at least 1, got {max_batches}")
+    import time
+
+    from .batched import chunk_size, chunks, record_time
+
+    net: Supernet = unwrap(supernet)
+    specs = list(specs)
+    keys = [net.prepare(s) for s in specs]
+    images = _batch_size(batches)
+    size = chunk_size(net, len(specs), images, "recal") if all(keys) else 1
+    out: List[Dict[str, torch.Tensor]] = []
+    t0, batched = time.perf_counter(), False
+    for part in chunks(list(range(len(specs))), size):
+        got = _recalibrate_batched(net, [specs[i] for i in part], batches, max_batches,
+                                   channels_last) if len(part) > 1 else None
+        batched = batched or got is not None
+        if got is None:
+            got = [recalibrate_bn(supernet, specs[i], batches, max_batches, channels_last=channels_last)
+                   for i in part]
+        out.extend(got)
+    if len(specs) > 1:
+        record_time(net, "recal", images, batched, (time.perf_counter() - t0) / len(specs))
+    return out
+
+
+def _batch_size(batches: Any) -> int:
+    """Images per batch (for the batching cap) without consuming a one-shot iterator.
+
+    A data loader's ``batch_size``, else the first kept batch of a replay (or of a list),
+    else the source a replay reads from; 1 when nothing tells.
+    """
+    for _ in range(4):
+        size = getattr(batches, "batch_size", None)
+        if size:
+            return int(size)
+        kept = getattr(batches, "_kept", None) or (batches if isinstance(batches, (list, tuple)) else None)
+        if kept:
+            return int(_images(kept[0]).shape[0])
+        batches = getattr(batches, "source", None)
+        if batches is None:
+            break
+    return 1
+
+
+def _bn_width(net: Supernet, key: Any, name: str, m: nn.Module) -> int:
+    """Channels of BatchNorm ``name`` in the sub-network ``key`` (its sliced statistics' length)."""
+    q = f"{name}.running_mean" if name else "running_mean"
+    for axis, idx in (net._prepare(key).indices.get(q, ()) if key else ()):
+        if axis == 0:
+            return int(idx.numel())
+    return int(m.running_mean.shape[0])
+
+
+def _recalibrate_batched(net: Supernet, specs: Sequence[Any], batches: Iterable[Any], max_batches: int,
+                         channels_last: bool) -> Optional[List[Dict[str, torch.Tensor]]]:
+    """Recalibrate same-shape specs in one vmapped pass; None when batching does not apply."""
+    from .batched import compatible, guarded, stacked_state, vmapped_call
+
+    keys = [net.prepare(s) for s in specs]
+    bns = bn_modules(net.model)
+    if not bns or not compatible(net, keys):
+        return None
+    device, k = net._device(), len(keys)
+    stat_names = {f"{n}.{s}" if n else s for n, _ in bns for s in ("running_mean", "running_var")}
+    attrs: Dict[str, Dict[str, Any]] = {n: dict(v) for n, v in net._prepare(keys[0]).attrs.items()}
+    with torch.no_grad():
+        state, dims = stacked_state(net, keys, skip=stat_names)
+        counts: Dict[str, torch.Tensor] = {}
+        for name, m in bns:
+            prefix = f"{name}." if name else ""
+            c = _bn_width(net, keys[0], name, m)
+            state[prefix + "running_mean"] = torch.zeros(k, c, dtype=m.running_mean.dtype, device=device)
+            state[prefix + "running_var"] = torch.ones(k, c, dtype=m.running_var.dtype, device=device)
+            dims[prefix + "running_mean"] = dims[prefix + "running_var"] = 0
+            if getattr(m, "num_batches_tracked", None) is not None:
+                # One counter for all candidates: it counts forwards, which they share; kept
+                # out of vmap, so that BatchNorm can read it as a Python number.
+                counts[prefix + "num_batches_tracked"] = torch.zeros((), dtype=torch.long, device=device)
+            attrs[name] = {**attrs.get(name, {}), "momentum": None}
+
+    def run() -> int:
+        n = 0
+        with torch.no_grad(), _bn_only_train(net.model):
+            for batch in batches:
+                x = _images(batch).to(device, non_blocking=True)
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                vmapped_call(net.model, attrs, state, dims, x, shared=counts)
+                n += 1
+                if n >= max_batches:
+                    break
+        return n
+
+    n = guarded(net, run)
+    if n is None:
+        return None
+    if n == 0:
+        raise DataError("BatchNorm recalibration got no batch: the data loader is empty")
+    out = []
+    for i, spec in enumerate(specs):
+        fresh = {q: state[q][i].clone() for q in stat_names}
+        fresh.update({q: v.clone() for q, v in counts.items()})
+        _all_reduce_mean(fresh)
+        net.set_bn_stats(spec, fresh)
+        out.append(net.bn_stats(spec))
+    return out

@@ -21,6 +21,7 @@ gradients DDP averages belong to one set of weights. Every parameter reaches the
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple
 
@@ -31,6 +32,7 @@ from torch import nn
 from ..config import MinMinConfig
 from ..errors import ConfigError
 from ..graph.channel_graph import IndexSpec
+from .batched import candidate_outputs, chunk_size, chunks, record_time
 from .supernet import Supernet, spec_key, unwrap
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -104,16 +106,13 @@ def _selection_losses(net: Supernet, candidates: Sequence[IndexSpec], images: to
         # Train-mode BatchNorm needs two samples per channel at 1x1 feature maps.
         n = min(n, max(2, int(round(cfg.select_batch * n))))
     x, y = images[:n], targets[:n]
-    losses = []
     if cfg.select_dtype is not None:
         autocast_dtype = _SELECT_DTYPES[cfg.select_dtype]
     # inference_mode: no autograd bookkeeping at all (not even version counters) for forwards
     # whose only product is a number. The inner module is called directly, not a DDP wrapper,
     # so selection triggers no gradient-bucket preparation or buffer broadcast.
     with torch.inference_mode(), _autocast(images.device, autocast_dtype):
-        for spec in candidates:
-            net.set_subnet(spec)
-            losses.append(loss_fn(net(x), y).float().reshape(()))
+        losses = _candidate_losses(net, candidates, x, y, loss_fn)
     out = torch.stack(losses)
     if _dist_world() > 1:
         import torch.distributed as dist
@@ -123,6 +122,33 @@ def _selection_losses(net: Supernet, candidates: Sequence[IndexSpec], images: to
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         out /= _dist_world()
     return out
+
+
+def _candidate_losses(net: Supernet, candidates: Sequence[IndexSpec], x: torch.Tensor, y: torch.Tensor,
+                      loss_fn: LossFn) -> List[torch.Tensor]:
+    """Each candidate's loss on ``(x, y)``: batched where :mod:`.batched` applies, else one by one.
+
+    Both paths run the same module attributes (:meth:`Supernet.call_setup`): train-mode
+    BatchNorm on batch statistics, running statistics neither read nor written.
+    """
+    keys = [net.prepare(s) for s in candidates]
+    losses: List[torch.Tensor] = []
+    size = chunk_size(net, len(keys), x.shape[0], "select")
+    t0, batched = time.perf_counter(), False
+    for part in chunks(list(range(len(keys))), size):
+        outs = candidate_outputs(net, [keys[i] for i in part], x) if len(part) > 1 else None
+        if outs is not None:
+            batched = True
+            losses.extend(loss_fn(o, y).float().reshape(()) for o in outs)
+            continue
+        for i in part:
+            net.set_subnet(candidates[i])
+            losses.append(loss_fn(net(x), y).float().reshape(()))
+    if len(keys) > 1:
+        # The per-candidate time goes to the CPU "probe"; values are read on the host
+        # right after, so no device synchronisation is hidden here that was not there anyway.
+        record_time(net, "select", x.shape[0], batched, (time.perf_counter() - t0) / len(keys))
+    return losses
 
 
 def _choose(net: Supernet, space: Any, k: Sequence[int], images: torch.Tensor, targets: torch.Tensor,

@@ -109,6 +109,9 @@ class Supernet(nn.Module):
         cache_size: prepared specs (indices, attributes) kept, least recently used first out.
             A training step touches 1–5 specs; search revisits few.
         max_bn_stats: recalibrated BN statistics kept per spec, least recently used first out.
+        batch_candidates: ``auto`` (CUDA only), ``on``, ``off`` or ``probe``: run a width's
+            candidates as one vmapped computation (:mod:`cafeslim.supernet.batched`).
+        max_batched_images: memory cap of one batched call, candidates x images.
 
     Example:
         >>> info = create("tv:resnet18")
@@ -122,11 +125,14 @@ class Supernet(nn.Module):
     """
 
     def __init__(self, model: nn.Module, graph: ChannelGraph, space: Any = None, *,
-                 cache_size: int = 16, max_bn_stats: int = 256) -> None:
+                 cache_size: int = 16, max_bn_stats: int = 256, batch_candidates: str = "auto",
+                 max_batched_images: int = 1024) -> None:
         super().__init__()
-        self.model = model
-        self.graph = graph
-        self.space = space
+        if batch_candidates not in ("auto", "on", "off", "probe"):
+            raise ConfigError(f"batch_candidates must be auto, on, off or probe, not {batch_candidates!r}")
+        self.batch_candidates, self.max_batched_images = batch_candidates, int(max_batched_images)
+        self.batching_error: Optional[str] = None  # why vmap failed on this model, if it did
+        self.model, self.graph, self.space = model, graph, space
         self.cache_size = int(cache_size)
         self.max_bn_stats = int(max_bn_stats)
         self._key: SpecKey = ()
@@ -269,8 +275,19 @@ class Supernet(nn.Module):
             if stats is None:
                 return self.model(x, *args, **kwargs)
             return torch.func.functional_call(self.model, self._on_device(stats), (x, *args), kwargs)
-        prep = self._prepare(key)
-        attrs = prep.attrs
+        attrs, skip = self.call_setup(key, stats)
+        state = self.sliced(key, skip=skip)
+        if stats is not None:
+            state.update(self._on_device(stats))
+        with patched_attributes(self.model, attrs):
+            return torch.func.functional_call(self.model, state, (x, *args), kwargs)
+
+    def call_setup(self, key: SpecKey, stats: Optional[Mapping[str, torch.Tensor]] = None
+                   ) -> Tuple[Dict[str, Dict[str, Any]], List[str]]:
+        """Attributes to patch and tensors not to gather for one call of spec ``key`` (non-empty)
+        with recalibrated ``stats`` (eval mode) or None; shared with :mod:`.batched`, so that
+        both paths run BatchNorm alike."""
+        attrs = self._prepare(key).attrs
         skip: List[str] = []
         if self.training:
             # Batch statistics only: running statistics are neither read nor updated, so a
@@ -283,11 +300,7 @@ class Supernet(nn.Module):
                     skip.extend(f"{n}.{s}" if n else s for s in _BN_STATS)
         elif stats is not None:
             skip.extend(stats)
-        state = self.sliced(key, skip=skip)
-        if stats is not None:
-            state.update(self._on_device(stats))
-        with patched_attributes(self.model, attrs):
-            return torch.func.functional_call(self.model, state, (x, *args), kwargs)
+        return attrs, skip
 
     def _on_device(self, stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         device = self._device()
