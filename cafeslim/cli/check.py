@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Dict
 import typer
 from rich.text import Text
 
-from .common import (JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, WeightsOpt, load_model,
-                     out, print_json)
+from .common import (FeaturesOnlyOpt, ImgSizeOpt, JsonOpt, ModelArg, NumClassesOpt,
+                     PretrainedOpt, WeightsOpt, load_model, out, print_json)
 
 if TYPE_CHECKING:
     from ..export.verify import CheckReport
@@ -29,7 +29,8 @@ VERDICTS = {"passed": ("PASS", "bold green"), "failed": ("FAIL", "bold red"),
 
 def check_command(model: ModelArg, json_out: JsonOpt = False, seed: SeedOpt = 0,
                   specs: SpecsOpt = 3, redraw: RedrawOpt = True, weights: WeightsOpt = None,
-                  pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None) -> None:
+                  pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None,
+                  img_size: ImgSizeOpt = None, features_only: FeaturesOnlyOpt = False) -> None:
     """Check that MODEL can be analysed, slimmed and exported correctly.
 
     Slims the model at N random channel selections and verifies every property: it runs
@@ -41,6 +42,12 @@ def check_command(model: ModelArg, json_out: JsonOpt = False, seed: SeedOpt = 0,
     could not have failed on this model with these weights, so it proves nothing: removing
     channels does not change the reference output by 100× the tolerance, the output does
     not vary with the input, the FLOPs did not change, or a channel norm could not be masked.
+    Structured outputs (segmentation's dict, a features model's list) are compared leaf by
+    leaf, every leaf on its own scale. A detection model is checked on its traced backbone
+    (raw outputs, before the heads) and, as property final_outputs, the whole slimmed model's
+    boxes/labels/scores on a fixed input against the whole model with the masked reference
+    backbone (score thresholds set to 0 so that a random-weight detector returns boxes).
+
     Exit code 1 when any property fails, 0 otherwise (also when one is only not verified:
     read the ?-lines, or "status" in --json); a model with no searchable group fails.
 
