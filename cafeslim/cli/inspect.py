@@ -72,8 +72,7 @@ def inspect_json(name: str, graph: "ChannelGraph", flops: int, params: int,
     """
     return {
         "model": name,
-        **(part_json(info) if info is not None else {}),
-        "input": list(graph.input_shape),
+        **({**part_json(info), "input": list(graph.input_shape)} if info is not None else {}),
         "flops": int(flops),
         "params": int(params),
         "groups": [
