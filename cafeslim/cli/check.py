@@ -58,16 +58,22 @@ def check_command(model: ModelArg, json_out: JsonOpt = False, seed: SeedOpt = 0,
         cafeslim check tv:mobilenet_v2 --specs 5 --seed 1
 
         cafeslim check mypkg.models:build_net --json
-    """
-    info = load_model(model, weights, pretrained, num_classes)
-    from ..export.verify import check_model
 
-    report = check_model(info.model, info.example_input(), info.name, n_specs=specs, seed=seed,
-                         sensitize=redraw)
+        cafeslim check tv:ssdlite320_mobilenet_v3_large --specs 1
+    """
+    info = load_model(model, weights, pretrained, num_classes, img_size, features_only)
+    from ..export.verify import check_info
+    from .inspect import part_json
+
+    report = check_info(info, n_specs=specs, seed=seed, sensitize=redraw)
     if json_out:
-        print_json(check_json(info.name, report))
+        print_json({**check_json(info.name, report), **part_json(info)})
     else:
         render_check(info.name, report)
+        if info.part:
+            out.print(Text(f"{info.kind} model: every property but final_outputs is of "
+                           f"'{info.part}' (input {tuple(info.example_input().shape)}); "
+                           "final_outputs compares the whole model", style="dim"))
     if report.status == "failed":
         raise typer.Exit(1)
 
