@@ -148,4 +148,41 @@ def compare_whole(whole: nn.Module, part: str, graph: ChannelGraph, spec: Mappin
     return {**doc, "status": status, "detail": detail, "max_rel": diff, "sensitivity": sens}
 
 
-__all__ = ["FINAL_RTOL", "compare_whole", "low_thresholds", "slim_whole", "with_part"]
+WHOLE_EXPORT_GAPS = {
+    "pt2": "torch.export stops at a data-dependent guard in NMS (torchvision's batched_nms "
+           "picks its implementation on boxes.numel() > 4000 of a data-dependent size)",
+    "onnx": "the traced ONNX graph of a detector bakes in data-dependent shapes of the "
+            "post-processing; onnxruntime's boxes then differ from PyTorch's",
+}
+"""Why ``.pt2``/``.onnx`` of a whole detection model are not written (the traced part's are)."""
+
+
+def export_whole(small: nn.Module, part: str, x: torch.Tensor, inputs: Tuple[Any, ...], out_dir: Any,
+                 formats: set, meta: Any) -> Any:
+    """Write a model slimmed in part: ``model.pt`` of the whole model, ``PART/model.{pt2,onnx}``.
+
+    The whole model (a list of images in, detections out) is pickled to ``model.pt`` after
+    one run on ``inputs``; ``.pt2`` and ``.onnx`` are written for the traced part, whose
+    exports are checked against PyTorch on ``x``, because torch's exporters do not handle the
+    whole detector (:data:`WHOLE_EXPORT_GAPS`).
+
+    Example:
+        >>> res = export_whole(small, "backbone", x, info.model_inputs(), "out", {"pt", "onnx"}, meta)  # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    from .formats import export_model
+
+    out = Path(out_dir)
+    res = export_model(small, inputs, out, set(formats) & {"pt"}, meta)
+    rest = set(formats) - {"pt"}
+    if rest:
+        sub = export_model(small.get_submodule(part), x, out / part, rest, None)
+        res.paths.update(sub.paths)
+        res.max_abs.update(sub.max_abs)
+        res.parity.update(sub.parity)
+        res.errors.update({k: f"{part}: {v}" for k, v in sub.errors.items()})
+    return res
+
+
+__all__ = ["FINAL_RTOL", "WHOLE_EXPORT_GAPS", "compare_whole", "export_whole", "low_thresholds", "slim_whole", "with_part"]

@@ -80,3 +80,18 @@ def test_detector_check_compares_final_outputs(one_thread):
     assert report.statuses["final_outputs"] == "passed"
     assert report.final["leaves"] == ["[0]['boxes']", "[0]['scores']", "[0]['labels']"]
     assert report.final["thresholds_lowered"]  # a random detector returns no box at 0.05
+
+
+@pytest.mark.slow
+def test_uniform_export_of_a_detector_writes_the_whole_model(tmp_path, one_thread):
+    from cafeslim.pipeline.uniform import uniform_export
+
+    info = create("tv:ssdlite320_mobilenet_v3_large", img_size=128)
+    rep = uniform_export(info, fraction=0.5, out_dir=tmp_path / "out")
+    assert not rep.errors, rep.errors
+    assert (tmp_path / "out" / "backbone" / "model.onnx").is_file()
+    whole = torch.load(tmp_path / "out" / "model.pt", weights_only=False).eval()
+    with torch.no_grad():
+        dets = whole(*info.model_inputs())
+    assert sorted(dets[0]) == ["boxes", "labels", "scores"]
+    assert rep.flops_after < 0.6 * rep.flops_before  # the backbone's FLOPs
