@@ -28,7 +28,8 @@ from torch import nn
 
 from ..errors import CafeslimError
 from ..graph import ChannelGraph, IndexSpec, analyze
-from .formats import max_abs_diff, output_scale, save_onnx, save_pt2
+from .compare import leaf_names, rel_diff as _rel  # noqa: F401  (leaf_names: public here too)
+from .formats import max_abs_diff, output_scale, save_onnx, save_pt2  # noqa: F401  (re-exported)
 from .reference import masked_reference, zero_removed_inputs  # noqa: F401  (zero_removed_inputs: old home)
 from .sensitize import sensitize as sensitize_model
 from .slim import slim
@@ -277,43 +278,6 @@ def _mark(st: Dict[str, str], details: Dict[str, str], props, status: str, why: 
     for p in props:
         st[p] = status
         details.setdefault(p, why)
-
-
-def leaf_names(out: Any) -> List[str]:
-    """Names of the tensor leaves of a (nested dict/list/tuple) output, in comparison order.
-
-    Example:
-        >>> leaf_names({"out": torch.zeros(1), "aux": torch.zeros(1)})
-        ["['out']", "['aux']"]
-        >>> leaf_names(torch.zeros(1))
-        ['output']
-    """
-    from torch.utils import _pytree as pytree
-
-    if isinstance(out, torch.Tensor):
-        return ["output"]
-    flat, _ = pytree.tree_flatten_with_path(out)
-    return [pytree.keystr(path) for path, leaf in flat if isinstance(leaf, torch.Tensor)]
-
-
-def _rel(a: Any, b: Any, worst: str = "max") -> float:
-    """Difference of two outputs, leaf by leaf, relative to the scale of each leaf of ``a``.
-
-    Every tensor leaf of a dict/list/tuple output is compared on its own scale (a small
-    auxiliary output is not hidden by a large main one); ``worst`` says whether the largest
-    (a difference that must be small) or the smallest (a change that must be large, on
-    every leaf) counts. A leaf's scale is floored at 1e-6 of the whole output's.
-    """
-    from torch.utils import _pytree as pytree
-
-    mine = [t for t in pytree.tree_leaves(a) if isinstance(t, torch.Tensor)]
-    other = [t for t in pytree.tree_leaves(b) if isinstance(t, torch.Tensor)]
-    max_abs_diff(mine, other)  # raises on a different number or shape of leaves
-    floor = max(output_scale(a) * 1e-6, 1e-12)
-    rels = [max_abs_diff(x, [y]) / max(output_scale(x), floor) for x, y in zip(mine, other)]
-    if not rels:
-        return 0.0
-    return max(rels) if worst == "max" else min(rels)
 
 
 def _equivalence(probe: nn.Module, graph: ChannelGraph, spec: IndexSpec, x: torch.Tensor, out: Any,

@@ -157,7 +157,8 @@ def compare_whole(whole: nn.Module, part: str, graph: ChannelGraph, spec: Mappin
         detections do not: top-k and NMS over the near-equal scores of a random-weight head
         reorder on differences at rounding level, so the final comparison cannot decide.
     """
-    from .verify import FAILED, NOT_VERIFIED, PASSED, SENSITIVITY_FACTOR, _rel, leaf_names
+    from .compare import leaf_names, rel_diff as _rel
+    from .verify import FAILED, NOT_VERIFIED, PASSED, SENSITIVITY_FACTOR
 
     whole.eval()
     lowered = low_thresholds(whole)

@@ -8,7 +8,8 @@ backbone traced, the whole model slimmed in place and compared).
 import pytest
 import torch
 
-from cafeslim.export.verify import _rel, check_info, leaf_names
+from cafeslim.export.compare import leaf_names, rel_diff as _rel
+from cafeslim.export.verify import check_info
 from cafeslim.export.whole import slim_whole
 from cafeslim.flops import count_flops
 from cafeslim.models import create
