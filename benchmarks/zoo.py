@@ -9,6 +9,12 @@ Writes ``docs/coverage.md`` (a row per model, totals) and keeps raw results in
     python benchmarks/zoo.py --report-only             # rebuild docs/coverage.md from the jsonl
     python benchmarks/zoo.py --stale                   # rerun rows of the older format only
     python benchmarks/zoo.py --json-only               # add the inspect/inspect-bins --json check
+    python benchmarks/zoo.py --kinds detection,segmentation,video,flow --jobs 1
+    python benchmarks/zoo.py --kinds video --only tv:r3d_18 --img-size 56
+
+``--kinds`` covers torchvision's other model kinds instead (results in
+``benchmarks/zoo_kinds_results.jsonl``, one table per kind in the report); a detection model is
+checked on its traced backbone plus the ``final_outputs`` of the whole model.
 
 Each model also runs ``cafeslim inspect MODEL --json`` and ``cafeslim inspect-bins MODEL --json``,
 whose stdout must be exactly one JSON document too (``json_outputs`` in the results line).
@@ -40,13 +46,25 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "zoo_results.jsonl"
 FAMILIES = ROOT / "benchmarks" / "zoo_timm_families.json"
 REPORT = ROOT / "docs" / "coverage.md"
+KINDS_RESULTS = ROOT / "benchmarks" / "zoo_kinds_results.jsonl"
 PROPS = ("searchable", "runs", "output_shape", "equivalence", "flops", "onnx", "pt2")
+KIND_PROPS = PROPS + ("final_outputs",)  # final_outputs: models traced in part (detection, flow)
+OTHER_KINDS = ("detection", "segmentation", "video", "flow")
 
 
 def torchvision_models():
     import torchvision
 
     return [f"tv:{n}" for n in sorted(torchvision.models.list_models(module=torchvision.models))]
+
+
+def torchvision_kind_models(kinds=OTHER_KINDS) -> dict:
+    """Kind -> its ``tv:`` names (the kinds of :func:`cafeslim.models.tv.tv_kinds`)."""
+    sys.path.insert(0, str(ROOT))
+    from cafeslim.models.tv import tv_kinds
+
+    table = tv_kinds()
+    return {k: [f"tv:{n}" for n in sorted(table) if table[n] == k] for k in kinds}
 
 
 def timm_families():
@@ -70,10 +88,12 @@ def timm_families():
     return out
 
 
-def spawn(name: str, timeout: int, specs: int = 2) -> dict:
+def spawn(name: str, timeout: int, specs: int = 2, img_size=None) -> dict:
     """Run ``cafeslim check NAME --json`` in its own process; its whole stdout must be one JSON document."""
     t0 = time.time()
     cmd = [sys.executable, "-m", "cafeslim", "check", name, "--json", "--specs", str(specs)]
+    if img_size:
+        cmd += ["--img-size", str(img_size)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
@@ -88,6 +108,8 @@ def spawn(name: str, timeout: int, specs: int = 2) -> dict:
             return {"model": name, "passed": False, "seconds": seconds,
                     "status": f"error: stdout is not one JSON document ({lines} lines)"}
         row.update(model=name, check=row.get("status"), status="ok", seconds=seconds)
+        if img_size:
+            row["img_size"] = int(img_size)
         return row
     err = (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
     if proc.returncode in (-9, 137) or "MemoryError" in proc.stderr or "DefaultCPUAllocator" in proc.stderr:
@@ -117,10 +139,10 @@ def json_outputs(name: str, timeout: int) -> dict:
     return out
 
 
-def load_results() -> dict:
+def load_results(path: Path = RESULTS) -> dict:
     out = {}
-    if RESULTS.exists():
-        for line in RESULTS.read_text().splitlines():
+    if path.exists():
+        for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
                 out[row["model"]] = row
@@ -150,7 +172,7 @@ def model_status(row: dict) -> str:
         return "error"
     if row.get("check"):
         return row["check"]
-    values = {prop_status(row, p) for p in PROPS}
+    values = {prop_status(row, p) for p in PROPS if prop_status(row, p)}
     return "failed" if "failed" in values else "passed" if values <= {"passed"} else "not verified"
 
 
@@ -172,11 +194,11 @@ def _reasons(row) -> str:
     return "; ".join(f"{n}× {r}" for r, n in top if r not in ("model input", "model output"))
 
 
-def summary(rows) -> str:
+def summary(rows, props=PROPS) -> str:
     """A table: per property, how many models passed, failed, were not verified (or did not run)."""
     rows = list(rows)
     lines = [f"{'property':<13} {'passed':>7} {'failed':>7} {'not verified':>13} {'no result':>10}"]
-    for prop in (*PROPS, "overall"):
+    for prop in (*props, "overall"):
         got = [model_status(r) if prop == "overall" else prop_status(r, prop) if r.get("status") == "ok" else ""
                for r in rows]
         n = {k: sum(1 for s in got if s == k) for k in ("passed", "failed", "not verified")}
@@ -185,26 +207,45 @@ def summary(rows) -> str:
     return "\n".join(lines)
 
 
+def kind_tables(kind_results: dict, kinds: dict) -> list:
+    """Markdown lines: one table per torchvision model kind (detection, segmentation, ...)."""
+    lines = []
+    for kind, names in kinds.items():
+        done = [kind_results[n] for n in names if n in kind_results]
+        passed = sum(1 for r in done if model_status(r) == "passed")
+        lines += [f"## torchvision {kind}", "", f"**{passed} of {len(names)}** pass ({len(done)} run).",
+                  "", *result_table(kind_results, names, KIND_PROPS), ""]
+    return lines
+
+
+def result_table(results: dict, names, props=PROPS) -> list:
+    """Markdown rows: one per model, a column per property."""
+    rows = ["| model | searchable | fixed | FLOPs at uniform 0.5 | " + " | ".join(props)
+            + " | status | sensitivity (equivalence / input) | notes |",
+            "|---|---|---|---|" + "---|" * len(props) + "---|---|---|"]
+    for n in names:
+        r = results.get(n)
+        if r is None:
+            rows.append(f"| {n} | | | | " + " | " * len(props) + " | | not run |")
+            continue
+        ratio = r.get("uniform_half_flops_ratio")
+        notes = r.get("status", "") if r.get("status") != "ok" else _reasons(r)
+        if r.get("status") == "ok" and model_status(r) != "passed":
+            bad = [f"{k}: {v}" for k, v in (r.get("details") or {}).items()
+                   if prop_status(r, k) not in ("passed", "")]
+            notes = "; ".join(bad)[:300]
+        if r.get("img_size"):
+            notes = f"at {r['img_size']} px; {notes}"
+        rows.append(f"| {n} | {r.get('searchable_groups', '–')} | {r.get('fixed_groups', '–')} | "
+                    f"{'' if ratio is None else f'{ratio:.2f}'} | "
+                    + " | ".join(_cell(r, p) for p in props)
+                    + f" | {MARK[model_status(r)]} | {_sens(r)} | {notes.replace('|', '/')} |")
+    return rows
+
+
 def write_report(results: dict, tv_names, timm_names, command: str) -> None:
     def table(names):
-        rows = ["| model | searchable | fixed | FLOPs at uniform 0.5 | " + " | ".join(PROPS)
-                + " | status | sensitivity (equivalence / input) | notes |",
-                "|---|---|---|---|" + "---|" * len(PROPS) + "---|---|---|"]
-        for n in names:
-            r = results.get(n)
-            if r is None:
-                rows.append(f"| {n} | | | | " + " | " * len(PROPS) + " | | not run |")
-                continue
-            ratio = r.get("uniform_half_flops_ratio")
-            notes = r.get("status", "") if r.get("status") != "ok" else _reasons(r)
-            if r.get("status") == "ok" and model_status(r) != "passed":
-                bad = [f"{k}: {v}" for k, v in (r.get("details") or {}).items() if prop_status(r, k) != "passed"]
-                notes = "; ".join(bad)[:300]
-            rows.append(f"| {n} | {r.get('searchable_groups', '–')} | {r.get('fixed_groups', '–')} | "
-                        f"{'' if ratio is None else f'{ratio:.2f}'} | "
-                        + " | ".join(_cell(r, p) for p in PROPS)
-                        + f" | {MARK[model_status(r)]} | {_sens(r)} | {notes.replace('|', '/')} |")
-        return rows
+        return result_table(results, names)
 
     def totals(names):
         done = [results[n] for n in names if n in results]
@@ -261,6 +302,8 @@ def write_report(results: dict, tv_names, timm_names, command: str) -> None:
         "",
         *table(timm_names),
         "",
+        *(kind_tables(load_results(KINDS_RESULTS), torchvision_kind_models())
+          if KINDS_RESULTS.exists() else []),
     ]
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text("\n".join(lines))
@@ -279,7 +322,12 @@ def main() -> None:
                     help="only add the inspect/inspect-bins --json check to rows that lack it")
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--no-tv", action="store_true")
+    ap.add_argument("--kinds", help="comma-separated torchvision kinds out of "
+                    f"{','.join(OTHER_KINDS)} (or 'all') instead of classification and timm")
+    ap.add_argument("--img-size", type=int, help="check --img-size (e.g. a small detection input)")
     args = ap.parse_args()
+    if args.kinds:
+        return run_kinds(args)
     tv_names = [] if args.no_tv else torchvision_models()
     timm_names = [] if args.no_timm else list(timm_families().values())
     results = load_results()
@@ -309,6 +357,32 @@ def main() -> None:
     print(summary(done or results.values()))
     write_report(results, torchvision_models(), list(timm_families().values()),
                  "python benchmarks/zoo.py --jobs 2")
+
+
+def run_kinds(args) -> None:
+    """The ``--kinds`` sweep: check each model of the chosen kinds, one results line each."""
+    kinds = OTHER_KINDS if args.kinds == "all" else tuple(k.strip() for k in args.kinds.split(","))
+    unknown = set(kinds) - set(OTHER_KINDS)
+    if unknown:
+        sys.exit(f"unknown kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(OTHER_KINDS)}")
+    by_kind = torchvision_kind_models(kinds)
+    results = load_results(KINDS_RESULTS)
+    names = [n for k in kinds for n in by_kind[k]]
+    todo = args.only or [n for n in names if args.fresh or n not in results]
+    done = []
+    if not args.report_only:
+        def work(name):
+            row = spawn(name, args.timeout, args.specs, args.img_size)
+            with KINDS_RESULTS.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{name}: {model_status(row).upper()} {row.get('status')} sensitivity {_sens(row)} "
+                  f"{row.get('seconds', '')}s", flush=True)
+            return row
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(work, todo))
+    print(summary(done or load_results(KINDS_RESULTS).values(), KIND_PROPS))
+    print("\n".join(kind_tables(load_results(KINDS_RESULTS), by_kind)))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Dict
 import typer
 from rich.text import Text
 
-from .common import (JsonOpt, ModelArg, NumClassesOpt, PretrainedOpt, WeightsOpt, load_model,
-                     out, print_json)
+from .common import (FeaturesOnlyOpt, ImgSizeOpt, JsonOpt, ModelArg, NumClassesOpt,
+                     PretrainedOpt, WeightsOpt, load_model, out, print_json)
 
 if TYPE_CHECKING:
     from ..export.verify import CheckReport
@@ -29,7 +29,8 @@ VERDICTS = {"passed": ("PASS", "bold green"), "failed": ("FAIL", "bold red"),
 
 def check_command(model: ModelArg, json_out: JsonOpt = False, seed: SeedOpt = 0,
                   specs: SpecsOpt = 3, redraw: RedrawOpt = True, weights: WeightsOpt = None,
-                  pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None) -> None:
+                  pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None,
+                  img_size: ImgSizeOpt = None, features_only: FeaturesOnlyOpt = False) -> None:
     """Check that MODEL can be analysed, slimmed and exported correctly.
 
     Slims the model at N random channel selections and verifies every property: it runs
@@ -41,6 +42,12 @@ def check_command(model: ModelArg, json_out: JsonOpt = False, seed: SeedOpt = 0,
     could not have failed on this model with these weights, so it proves nothing: removing
     channels does not change the reference output by 100× the tolerance, the output does
     not vary with the input, the FLOPs did not change, or a channel norm could not be masked.
+    Structured outputs (segmentation's dict, a features model's list) are compared leaf by
+    leaf, every leaf on its own scale. A detection model is checked on its traced backbone
+    (raw outputs, before the heads) and, as property final_outputs, the whole slimmed model's
+    boxes/labels/scores on a fixed input against the whole model with the masked reference
+    backbone (score thresholds set to 0 so that a random-weight detector returns boxes).
+
     Exit code 1 when any property fails, 0 otherwise (also when one is only not verified:
     read the ?-lines, or "status" in --json); a model with no searchable group fails.
 
@@ -51,16 +58,22 @@ def check_command(model: ModelArg, json_out: JsonOpt = False, seed: SeedOpt = 0,
         cafeslim check tv:mobilenet_v2 --specs 5 --seed 1
 
         cafeslim check mypkg.models:build_net --json
-    """
-    info = load_model(model, weights, pretrained, num_classes)
-    from ..export.verify import check_model
 
-    report = check_model(info.model, info.example_input(), info.name, n_specs=specs, seed=seed,
-                         sensitize=redraw)
+        cafeslim check tv:ssdlite320_mobilenet_v3_large --specs 1
+    """
+    info = load_model(model, weights, pretrained, num_classes, img_size, features_only)
+    from ..export.verify import check_info
+    from .inspect import part_json
+
+    report = check_info(info, n_specs=specs, seed=seed, sensitize=redraw)
     if json_out:
-        print_json(check_json(info.name, report))
+        print_json({**check_json(info.name, report), **part_json(info)})
     else:
         render_check(info.name, report)
+        if info.part:
+            out.print(Text(f"{info.kind} model: every property but final_outputs is of "
+                           f"'{info.part}' (input {tuple(info.example_input().shape)}); "
+                           "final_outputs compares the whole model", style="dim"))
     if report.status == "failed":
         raise typer.Exit(1)
 

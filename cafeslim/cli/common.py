@@ -55,8 +55,18 @@ out = Console(highlight=False)
 """Human-readable results go to stdout; errors go to stderr in :func:`cafeslim.cli.app.main`."""
 
 
+ImgSizeOpt = Annotated[Optional[int], typer.Option(
+    "--img-size", min=8, show_default=False,
+    help="Square input side instead of the model's default (detection: 320, the transform "
+         "keeps it; video: the clip's H = W).")]
+FeaturesOnlyOpt = Annotated[bool, typer.Option(
+    "--features-only", help="A timm model's features_only=True form (its feature maps, as "
+                            "detection code uses a backbone).")]
+
+
 def load_model(name: str, weights: Optional[Path], pretrained: bool,
-               num_classes: Optional[int]) -> "ModelInfo":
+               num_classes: Optional[int], img_size: Optional[int] = None,
+               features_only: bool = False) -> "ModelInfo":
     """Create the model named on the command line (see :func:`cafeslim.models.create`).
 
     Example:
@@ -64,7 +74,8 @@ def load_model(name: str, weights: Optional[Path], pretrained: bool,
     """
     from ..models import create
 
-    return create(name, pretrained=pretrained, weights=weights, num_classes=num_classes)
+    return create(name, pretrained=pretrained, weights=weights, num_classes=num_classes,
+                  img_size=img_size, features_only=features_only)
 
 
 def print_json(data: Any) -> None:

@@ -137,26 +137,35 @@ def save_pt2(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
         >>> diff = save_pt2(small, torch.randn(1, 3, 224, 224), "out/model.pt2")
     """
     path = Path(path)
-    x = example_input
-    # A batch of one would be specialised to 1; two keeps the batch axis symbolic.
-    xe = torch.cat([x, x]) if x.shape[0] == 1 else x
+    args = _args(example_input)
+    x = args[0]
     with _eval(model), torch.no_grad(), stdout_to_stderr():
         try:
             try:
+                if len(args) != 1 or not isinstance(x, torch.Tensor):
+                    raise TypeError("structured inputs: no dynamic batch")
+                # A batch of one would be specialised to 1; two keeps the batch axis symbolic.
+                xe = torch.cat([x, x]) if x.shape[0] == 1 else x
                 ep = torch.export.export(model, (xe,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
             except Exception:
-                ep = torch.export.export(model, (x,))
+                ep = torch.export.export(model, args)
             torch.export.save(ep, str(path))
             loaded = torch.export.load(str(path)).module()
-            got = _leaves(loaded(x))
+            got = _leaves(loaded(*args))
         except ExportError:
             raise
         except Exception as exc:
             raise ExportError(f"torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-        ref = model(x)
+        ref = model(*args)
     diff = max_abs_diff(ref, got)
     _check(diff, output_scale(ref), "model.pt2", rtol, atol)
     return diff
+
+
+def _args(example_input: Any) -> tuple:
+    """Positional arguments: a tensor is one batch; a tuple is the arguments themselves (a
+    detection model's ``([image, ...],)``, a flow model's image pair)."""
+    return example_input if isinstance(example_input, tuple) else (example_input,)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -192,24 +201,29 @@ def save_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
     import onnxruntime as ort
 
     path = Path(path)
-    x = example_input
+    args = _args(example_input)
+    x = args[0]
     with _eval(model), torch.no_grad():
-        ref = model(x)
+        ref = model(*args)
         n_out = len(_leaves(ref))
         names = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
         axes = {n: {0: "batch"} for n in ["input", *names]}
+        flat_in = _leaves(args)
+        if len(flat_in) != 1 or not isinstance(x, torch.Tensor):  # a list of images, a pair
+            axes = {}
         errors = []
         for dynamo in (False, True):
             try:
                 with warnings.catch_warnings(), stdout_to_stderr():
                     warnings.simplefilter("ignore")
                     if dynamo:
-                        torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"],
+                        torch.onnx.export(model, args, str(path), dynamo=True,
                                           output_names=names, external_data=False,
-                                          dynamic_shapes=({0: torch.export.Dim.AUTO},))
+                                          dynamic_shapes=({0: torch.export.Dim.AUTO},) if axes else None)
                     else:
-                        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
-                                          input_names=["input"], output_names=names, dynamic_axes=axes)
+                        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=opset,
+                                          input_names=["input"] if axes else None,
+                                          output_names=names, dynamic_axes=axes or None)
                 break
             except Exception as exc:
                 errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: "
@@ -218,7 +232,8 @@ def save_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
             raise ExportError("ONNX export failed; " + "; ".join(errors))
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {sess.get_inputs()[0].name: x.detach().cpu().numpy()})
+        feeds = [t.detach().cpu().numpy() for t in flat_in]
+        got = sess.run(None, {i.name: v for i, v in zip(sess.get_inputs(), feeds)})
     except Exception as exc:
         raise ExportError(f"onnxruntime cannot run the exported model: {_first_line(exc)}") from exc
     diff = max_abs_diff(ref, got)
@@ -266,7 +281,8 @@ def export_model(model: nn.Module, example_input: torch.Tensor, out_dir: PathLik
 
     Args:
         model: the slimmed model.
-        example_input: one input batch at the model's input size.
+        example_input: one input batch at the model's input size, or a tuple of the model's
+            positional arguments (a detection model's ``([image],)``: ``ModelInfo.model_inputs()``).
         out_dir: created if missing (refusing a non-empty folder is the CLI's job).
         formats: subset of ``{"pt", "pt2", "onnx"}``.
         widths_info: content of ``widths.json`` (:func:`widths_info`); None writes none.
@@ -287,7 +303,7 @@ def export_model(model: nn.Module, example_input: torch.Tensor, out_dir: PathLik
     out.mkdir(parents=True, exist_ok=True)
     res = ExportResult(out_dir=out, rtol=rtol)
     with _eval(model), torch.no_grad():
-        scale = output_scale(model(example_input))
+        scale = output_scale(model(*_args(example_input)))
     if widths_info is not None:
         res.paths["widths"] = write_widths_json(out / "widths.json", widths_info)
     if "pt" in formats:

@@ -20,7 +20,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ from torch import nn
 
 from ..errors import CafeslimError
 from ..graph import ChannelGraph, IndexSpec, analyze
-from .formats import max_abs_diff, output_scale, save_onnx, save_pt2
+from .compare import leaf_names, rel_diff as _rel  # noqa: F401  (leaf_names: public here too)
+from .formats import max_abs_diff, output_scale, save_onnx, save_pt2  # noqa: F401  (re-exported)
 from .reference import masked_reference, zero_removed_inputs  # noqa: F401  (zero_removed_inputs: old home)
 from .sensitize import sensitize as sensitize_model
 from .slim import slim
@@ -73,6 +74,9 @@ class CheckReport:
             and the full model), ``input`` (relative output change between two inputs of the
             slimmed model), ``flops`` (smallest relative FLOPs change of a checked spec).
         redrawn: number of parameters re-drawn before checking (:mod:`cafeslim.export.sensitize`).
+        leaves: names of the output's tensor leaves, all of which every property compares.
+        final: for a model traced in part (detection): what the comparison of the whole
+            model's outputs compared (:mod:`cafeslim.export.whole`).
     """
 
     model: str
@@ -86,6 +90,8 @@ class CheckReport:
     uniform_half_flops_ratio: Optional[float] = None
     sensitivity: Dict[str, float] = field(default_factory=dict)
     redrawn: int = 0
+    leaves: List[str] = field(default_factory=list)
+    final: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -111,7 +117,8 @@ class CheckReport:
                 "searchable_groups": self.searchable_groups, "fixed_groups": self.fixed_groups,
                 "fixed_reasons": dict(self.fixed_reasons), "flops": int(self.flops),
                 "params": int(self.params), "uniform_half_flops_ratio": self.uniform_half_flops_ratio,
-                "redrawn": self.redrawn}
+                "redrawn": self.redrawn, "leaves": list(self.leaves), **(
+                    {"final": dict(self.final)} if self.final else {})}
 
 
 def random_spec(graph: ChannelGraph, rng: np.random.Generator, prefix: bool, low: float = 0.25) -> IndexSpec:
@@ -149,8 +156,26 @@ class _Tally:
     flops_change: float = float("inf")
 
 
+def check_info(info: Any, **options: Any) -> CheckReport:
+    """:func:`check_model` on a created model: its traced part, and its final outputs.
+
+    A model traced in part (``info.part``, a detection backbone) is checked on that part, and
+    the whole model's outputs on ``info.model_inputs()`` are compared as well
+    (property ``final_outputs``, :func:`cafeslim.export.whole.compare_whole`).
+
+    Example:
+        >>> check_info(create("tv:ssdlite320_mobilenet_v3_large")).statuses["final_outputs"]  # doctest: +SKIP
+        'passed'
+    """
+    whole = (info.model, info.part, info.model_inputs()) if info.part else None
+    return check_model(info.analysed, info.example_input(), info.name, whole=whole,
+                       output_reason=info.output_reason, **options)
+
+
 def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *, n_specs: int = 3,
-                seed: int = 0, formats: bool = True, sensitize: bool = True) -> CheckReport:
+                seed: int = 0, formats: bool = True, sensitize: bool = True,
+                whole: Optional[Tuple[nn.Module, str, Tuple[Any, ...]]] = None,
+                output_reason: str = "model output") -> CheckReport:
     """Analyse, slim at random IndexSpecs and verify every property, with proof of sensitivity.
 
     Args:
@@ -162,6 +187,9 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
         formats: also check ONNX and ``torch.export`` round trips (on the first spec).
         sensitize: check on a copy with constant or vanishing weights re-drawn (the default;
             off, a zero-initialised head makes every comparison vacuous: *not verified*).
+        whole: ``(whole model, qualname of model in it, its inputs)`` when ``model`` is the
+            traced part of a larger model: its final outputs are compared too.
+        output_reason: why the output channels are fixed (see :func:`~cafeslim.graph.analyze`).
 
     Returns:
         A :class:`CheckReport`.
@@ -175,8 +203,8 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
 
     model.eval()
     probe = sensitize_model(model, example_input, seed) if sensitize else model
-    graph = analyze(probe, example_input, source=name)
-    st: Dict[str, str] = {p: PASSED for p in PROPERTIES}
+    graph = analyze(probe, example_input, source=name, output_reason=output_reason)
+    st: Dict[str, str] = {p: PASSED for p in PROPERTIES + (("final_outputs",) if whole else ())}
     details: Dict[str, str] = {}
     reasons = Counter(r for g in graph.fixed for r in g.reasons)
     report = CheckReport(name, st, details, len(graph.searchable), len(graph.fixed), dict(reasons),
@@ -207,7 +235,7 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
             # (a SpecError here too: the specs come from the graph, so the graph is inconsistent)
             st["runs"] = FAILED
             details["runs"] = f"spec {i}: {type(exc).__name__}: {_first_line(exc)}"
-            _mark(st, details, ("output_shape", "equivalence", "flops", "onnx", "pt2"), NOT_VERIFIED,
+            _mark(st, details, [p for p in st if p not in ("searchable", "runs")], NOT_VERIFIED,
                   "slimmed model does not run")
             return report
         if _shape(out) != _shape(ref_full):
@@ -220,24 +248,36 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
         tally.flops_change = min(tally.flops_change, abs(full_flops - measured) / max(full_flops, 1))
         if i == 0 and formats:
             _check_formats(small, example_input, out, seed, report)
+        if i == 0 and whole is not None:
+            _check_whole(report, whole, probe, graph, spec)
     details.setdefault("runs", f"{n_specs} specs")
-    details.setdefault("output_shape", f"{_shape(ref_full)}")
+    names = leaf_names(ref_full)
+    details.setdefault("output_shape", f"{_shape(ref_full)}" if len(names) == 1 else
+                       f"{_shape(ref_full)}; every property compares all {len(names)} tensor "
+                       f"leaves: {', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
+    report.leaves = names
     _finish(report, tally)
     return report
+
+
+def _check_whole(report: CheckReport, whole: Tuple[nn.Module, str, Tuple[Any, ...]], probe: nn.Module,
+                 graph: ChannelGraph, spec: IndexSpec) -> None:
+    """The whole model's final outputs with the slimmed part vs with the masked reference."""
+    from .whole import compare_whole, with_part
+
+    model, part, inputs = whole
+    try:
+        report.final = compare_whole(with_part(model, part, probe), part, graph, spec, inputs)
+    except Exception as exc:  # the whole model does not run with the slimmed part
+        report.final = {"status": FAILED, "detail": f"{type(exc).__name__}: {_first_line(exc)}"}
+    report.statuses["final_outputs"] = report.final["status"]
+    report.details["final_outputs"] = report.final["detail"]
 
 
 def _mark(st: Dict[str, str], details: Dict[str, str], props, status: str, why: str) -> None:
     for p in props:
         st[p] = status
         details.setdefault(p, why)
-
-
-def _rel(a: Any, b: Any) -> float:
-    """Max abs difference of two outputs relative to the scale of the first."""
-    from torch.utils import _pytree as pytree
-
-    leaves = [t for t in pytree.tree_leaves(b) if isinstance(t, torch.Tensor)]
-    return max_abs_diff(a, leaves) / max(output_scale(a), 1e-12)
 
 
 def _equivalence(probe: nn.Module, graph: ChannelGraph, spec: IndexSpec, x: torch.Tensor, out: Any,
@@ -255,7 +295,7 @@ def _equivalence(probe: nn.Module, graph: ChannelGraph, spec: IndexSpec, x: torc
         tally.eq_diff = max(tally.eq_diff, _rel(ref, out))
     except CafeslimError as exc:  # different number or shapes of outputs
         tally.eq_error = tally.eq_error or str(exc)
-    tally.eq_sens = min(tally.eq_sens, _rel(ref_full, ref))
+    tally.eq_sens = min(tally.eq_sens, _rel(ref_full, ref, worst="min"))
 
 
 def _finish(report: CheckReport, t: _Tally) -> None:
@@ -292,7 +332,7 @@ def _check_formats(small: nn.Module, x: torch.Tensor, out: Any, seed: int, repor
     for x2 in other_inputs(x, seed):
         try:
             with torch.no_grad():
-                varies = max(varies, _rel(out, small(x2)))
+                varies = max(varies, _rel(out, small(x2), worst="min"))
         except Exception:  # a model that only runs at its example input proves nothing here
             pass
     report.sensitivity["input"] = varies

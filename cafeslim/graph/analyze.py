@@ -50,7 +50,7 @@ def _run_node(ctx: Ctx, node: fx.Node, autowrap: Set[Any]):
             return ParamRef(module, pname, tuple(obj.shape), tuple(range(obj.dim())))
         return obj
     if op == "output":
-        ctx.fix_all(ctx.value(node.args[0]), "model output")
+        ctx.fix_all(ctx.value(node.args[0]), ctx.output_reason)
         return None
     if op == "call_module":
         mod = ctx.modules[node.target]
@@ -90,9 +90,10 @@ def _to_desc(v, atom_group: Dict[int, int]) -> Optional[TensorDesc]:
     return None
 
 
-def _one_pass(traced: Traced, cuts: Dict[str, Set[int]], autowrap: Set[Any]):
+def _one_pass(traced: Traced, cuts: Dict[str, Set[int]], autowrap: Set[Any],
+              output_reason: str = "model output"):
     gm = traced.gm
-    ctx = Ctx(State(cuts), dict(traced.root.named_modules()), gm=gm)
+    ctx = Ctx(State(cuts), dict(traced.root.named_modules()), gm=gm, output_reason=output_reason)
     records = []
     for node in gm.graph.nodes:
         ctx.kind, ctx.attrs, ctx.op_name, ctx.module_path = "", {}, "", _module_path(node)
@@ -113,13 +114,17 @@ def _one_pass(traced: Traced, cuts: Dict[str, Set[int]], autowrap: Set[Any]):
     return ctx.state, records
 
 
-def analyze(model: nn.Module, example_input: torch.Tensor, source: str = "") -> ChannelGraph:
+def analyze(model: nn.Module, example_input: torch.Tensor, source: str = "",
+            output_reason: str = "model output") -> ChannelGraph:
     """Find the channel groups of ``model`` and which of them can be searched.
 
     Args:
-        model: any ``nn.Module`` taking one image batch (put in eval mode for tracing).
+        model: any ``nn.Module`` taking one image batch (put in eval mode for tracing); its
+            output may be a tensor or a dict/list/tuple of tensors.
         example_input: a batch of the model's own input size.
         source: name of the model, kept for reports.
+        output_reason: why the channels of the outputs are fixed (a traced part of a larger
+            model: the contract of the modules that read them, ``ModelInfo.output_reason``).
 
     Returns:
         The :class:`ChannelGraph`.
@@ -145,7 +150,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor, source: str = "") -> 
         autowrap = set()
     cuts: Dict[str, Set[int]] = {}
     for _ in range(MAX_PASSES):
-        state, records = _one_pass(traced, cuts, autowrap)
+        state, records = _one_pass(traced, cuts, autowrap, output_reason)
         if not state.new_cuts:
             break
     else:

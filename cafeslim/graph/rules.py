@@ -62,6 +62,7 @@ class Ctx:
     op_name: str = ""  # the record's name when not the node's target (``prelu``)
     module_path: str = ""
     gm: Optional[fx.GraphModule] = None
+    output_reason: str = "model output"  # a traced part's outputs: the contract of their readers
 
     def gm_attr(self, target: str):
         """The object a ``get_attr`` node names (a parameter, buffer or constant)."""
@@ -75,6 +76,8 @@ class Ctx:
             return self.env[arg]
         if isinstance(arg, (list, tuple)):
             return type(arg)(self.value(a) for a in arg)
+        if isinstance(arg, dict):  # a dict output (segmentation's {"out", "aux"}, FPN levels)
+            return {k: self.value(v) for k, v in arg.items()}
         return arg
 
     # -- helpers used by many rules --------------------------------------------------------

@@ -135,6 +135,11 @@ class _ShapeProp(ShapeProp):
         super().__init__(gm, fake_mode=fake_mode)
         self.autowrap = set(autowrap)
 
+    def call_function(self, target, args, kwargs):
+        # fx hands list arguments over as immutable lists; a wrapped helper that fills one
+        # in place (torchvision's video Swin ``_get_window_and_shift_size``) gets a copy.
+        return super().call_function(target, _mutable(args), _mutable(kwargs))
+
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
         if n.op == "call_function" and n.target in self.autowrap and isinstance(result, torch.Tensor):
@@ -145,6 +150,20 @@ class _ShapeProp(ShapeProp):
                         n.meta["identity_of"] = i
                         break
         return result
+
+
+def _mutable(value):
+    from torch.fx.immutable_collections import immutable_dict, immutable_list
+
+    if isinstance(value, immutable_list):
+        return [_mutable(v) for v in value]
+    if isinstance(value, immutable_dict):
+        return {k: _mutable(v) for k, v in value.items()}
+    if isinstance(value, tuple) and type(value) is tuple:
+        return tuple(_mutable(v) for v in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _mutable(v) for k, v in value.items()}
+    return value
 
 
 def _propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor, autowrap: Tuple) -> None:

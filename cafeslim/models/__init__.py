@@ -7,7 +7,8 @@ Example:
     torch.Size([1, 1000])
 """
 
-from .create import ModelInfo, create, resolve_name
+from .create import create, resolve_name
+from .info import KINDS, ModelInfo
 from .weights import load_weights, read_state_dict
 
-__all__ = ["ModelInfo", "create", "resolve_name", "load_weights", "read_state_dict"]
+__all__ = ["KINDS", "ModelInfo", "create", "resolve_name", "load_weights", "read_state_dict"]

@@ -2,8 +2,11 @@
 
 Name rules (also in README.md):
 
-* ``tv:NAME`` — a torchvision classification model (``torchvision.models.get_model``).
-* ``timm:NAME`` — a timm model, optionally with a pretrained tag (``timm:resnet50.a1_in1k``).
+* ``tv:NAME`` — any torchvision model (``torchvision.models.get_model``): classification,
+  detection, segmentation, video or optical flow (:mod:`cafeslim.models.tv`; quantized
+  models are refused).
+* ``timm:NAME`` — a timm model, optionally with a pretrained tag (``timm:resnet50.a1_in1k``);
+  ``features_only=True`` builds its feature-pyramid form (a list of feature maps).
 * ``package.module:attr`` — the user's own model: ``attr`` (dots allowed, ``Class.build``) is
   called with no arguments and must return an ``nn.Module``, or is an ``nn.Module`` instance.
   The current folder is importable, as with ``python -m``.
@@ -17,6 +20,7 @@ Input size (C, H, W), used for tracing and for every example input:
 * timm: the model's ``pretrained_cfg`` (``timm.data.resolve_model_data_config``);
 * torchvision: 224, except inception_v3 (299) and models that fix their size themselves (a
   ViT's ``image_size``); with ``pretrained=True``, the crop size of the weights' transforms;
+  the other kinds as :mod:`cafeslim.models.tv` says (detection 320, video 16-frame clips);
 * user models: a ``default_input_size`` attribute (int or (H, W) or (C, H, W)), else a timm-style
   ``pretrained_cfg``, else 224 x 224 with as many channels as the first conv expects.
 
@@ -32,11 +36,9 @@ import importlib
 import inspect
 import os
 import sys
-import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlparse
 
 import torch
@@ -44,47 +46,17 @@ from torch import nn
 
 from ..errors import ConfigError, ModelNotFoundError, WeightsError
 from . import hub
+from .info import ModelInfo
+from .tv import DEFAULT_SIZE, IMAGENET_MEAN, IMAGENET_STD, create_tv, refuse_quantized, tv_kinds
 from .weights import load_weights
 
 TV_PREFIX = "tv:"
 TIMM_PREFIX = "timm:"
-DEFAULT_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_TV_NATIVE_SIZE = {"inception_v3": 299}  # architectures built for a non-224 input
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A created model and what is needed to feed it.
-
-    Attributes:
-        model: the module, in eval mode.
-        name: canonical name (``tv:resnet50``, ``timm:resnet50.a1_in1k``, ``pkg.mod:build``).
-        input_size: (C, H, W) of one input image.
-        data_config: timm ``resolve_data_config``-style preprocessing: ``input_size``,
-            ``mean``, ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``.
-    """
-
-    model: nn.Module
-    name: str
-    input_size: Tuple[int, int, int]
-    data_config: Dict[str, Any] = field(default_factory=dict)
-
-    def example_input(self, batch: int = 1) -> torch.Tensor:
-        """A deterministic standard-normal batch of the model's input size.
-
-        Example:
-            >>> info = create("timm:test_resnet")
-            >>> info.example_input(2).shape
-            torch.Size([2, 3, 160, 160])
-        """
-        gen = torch.Generator().manual_seed(0)
-        return torch.randn((batch, *self.input_size), generator=gen)
 
 
 def create(name: str, *, pretrained: bool = False, weights: Union[str, Path, None] = None,
-           num_classes: Optional[int] = None) -> ModelInfo:
+           num_classes: Optional[int] = None, img_size: Optional[int] = None,
+           features_only: bool = False) -> ModelInfo:
     """Create a model by name (see the module docstring for the name rules).
 
     Args:
@@ -93,6 +65,9 @@ def create(name: str, *, pretrained: bool = False, weights: Union[str, Path, Non
         weights: a state-dict file to load after creation (``.safetensors``, ``.pt``, ...).
         num_classes: classifier size, passed to the timm/torchvision constructor (or to the
             user's callable as ``num_classes=``).
+        img_size: square input side instead of the model's default (a detection model's
+            transform is set to keep it).
+        features_only: a timm model's ``features_only=True`` form (timm models only).
 
     Returns:
         A :class:`ModelInfo` with the model in eval mode.
@@ -100,7 +75,7 @@ def create(name: str, *, pretrained: bool = False, weights: Union[str, Path, Non
     Raises:
         ModelNotFoundError: unknown name (with the closest names), missing module/attribute.
         WeightsError: download failed, or the weights file is unreadable or does not fit.
-        ConfigError: contradicting options.
+        ConfigError: contradicting options; a quantized torchvision model.
 
     Example:
         >>> info = create("tv:resnet18", num_classes=10)
@@ -117,16 +92,24 @@ def create(name: str, *, pretrained: bool = False, weights: Union[str, Path, Non
     if weights is not None and not Path(weights).exists():
         # Checked again when loading; here so that a typo fails before a slow model build.
         raise WeightsError(f"weights file {weights} does not exist")
+    if img_size is not None and img_size < 1:
+        raise ConfigError(f"img_size must be positive, got {img_size}")
     kind, target = resolve_name(name)
+    if features_only and kind != "timm":
+        raise ConfigError(f"--features-only builds timm's feature-pyramid form; {name} is not a "
+                          "timm model")
     if kind == "tv":
-        info = _create_tv(target, pretrained, num_classes)
+        info = create_tv(target, pretrained, num_classes, img_size)
     elif kind == "timm":
-        info = _create_timm(target, pretrained, num_classes)
+        info = _create_timm(target, pretrained, num_classes, features_only)
     else:
         if pretrained:
             raise ConfigError(f"pretrained hub weights exist only for timm and torchvision models; "
                               f"load weights for {name} from a file instead")
         info = _create_user(target, num_classes)
+    if img_size is not None and kind != "tv":
+        shape = (info.input_size[0], int(img_size), int(img_size))
+        info = replace(info, input_size=shape, data_config={**info.data_config, "input_size": shape})
     if weights is not None:
         load_weights(info.model, weights)
     info.model.eval()
@@ -149,8 +132,9 @@ def resolve_name(name: str) -> Tuple[str, str]:
     if name.startswith(TV_PREFIX):
         arch = name[len(TV_PREFIX):]
         if arch not in _tv_names():
-            raise ModelNotFoundError(f"unknown torchvision classification model {arch!r}"
+            raise ModelNotFoundError(f"unknown torchvision model {arch!r}"
                                      + _suggest(arch, sorted(_tv_names()), TV_PREFIX))
+        refuse_quantized(arch)
         return "tv", arch
     if name.startswith(TIMM_PREFIX):
         arch = name[len(TIMM_PREFIX):]
@@ -163,6 +147,7 @@ def resolve_name(name: str) -> Tuple[str, str]:
     if _timm_is_model(name):
         return "timm", name
     if name in _tv_names():
+        refuse_quantized(name)
         return "tv", name
     timm_names = _timm_names()
     tv_only = sorted(_tv_names().difference(timm_names))
@@ -170,80 +155,11 @@ def resolve_name(name: str) -> Tuple[str, str]:
                              + _suggest(name, timm_names + tv_only, ""))
 
 
-# --- torchvision -------------------------------------------------------------------------------
+# --- torchvision (every kind: models/tv.py) ------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
 def _tv_names() -> frozenset:
-    import torchvision.models as tvm
-
-    # module=torchvision.models keeps classification models only (no detection, video, ...).
-    return frozenset(tvm.list_models(module=tvm))
-
-
-def _create_tv(arch: str, pretrained: bool, num_classes: Optional[int]) -> ModelInfo:
-    import torchvision.models as tvm
-
-    kwargs: Dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-    try:
-        default_weights = tvm.get_model_weights(arch).DEFAULT
-    except (ValueError, AttributeError):
-        default_weights = None
-    what = f"tv:{arch}"
-    if pretrained:
-        if default_weights is None:
-            raise WeightsError(f"torchvision has no pretrained weights for {what}")
-        classes = len(default_weights.meta.get("categories") or ())
-        if num_classes is not None and classes and num_classes != classes:
-            raise ConfigError(f"torchvision's pretrained weights for {what} have {classes} classes, "
-                              f"not {num_classes}; fine-tune elsewhere and pass the weights file")
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(default_weights.url).path).name
-        if not cache.is_file():
-            hub.require_reachable(what, default_weights.url)
-        with hub.download_errors(what), _quiet_init():
-            model = tvm.get_model(arch, weights=default_weights, **kwargs)
-    else:
-        with _quiet_init():
-            model = tvm.get_model(arch, **kwargs)
-    size = _tv_input_size(arch, model, default_weights if pretrained else None)
-    return ModelInfo(model=model, name=what, input_size=size,
-                     data_config=_tv_data_config(size, default_weights))
-
-
-@contextmanager
-def _quiet_init() -> Iterator[None]:
-    # inception_v3/googlenet warn on every construction that their default init will change;
-    # on a CLI that is noise on stderr about a behaviour cafeslim does not depend on.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The default weight initialization")
-        yield
-
-
-def _tv_input_size(arch: str, model: nn.Module, weights: Any) -> Tuple[int, int, int]:
-    if weights is not None:
-        try:
-            crop = weights.transforms().crop_size[0]
-            return (3, int(crop), int(crop))
-        except (AttributeError, IndexError, TypeError):
-            pass  # weights without ImageClassification transforms: use the architecture's size
-    native = getattr(model, "image_size", None)  # torchvision ViTs fix their input size
-    if isinstance(native, int):
-        return (3, native, native)
-    size = _TV_NATIVE_SIZE.get(arch, DEFAULT_SIZE)
-    return (3, size, size)
-
-
-def _tv_data_config(size: Tuple[int, int, int], weights: Any) -> Dict[str, Any]:
-    config: Dict[str, Any] = {"input_size": size, "interpolation": "bilinear",
-                              "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                              "crop_pct": 0.875, "crop_mode": "center"}
-    try:
-        tf = weights.transforms()
-        config.update(mean=tuple(tf.mean), std=tuple(tf.std),
-                      interpolation=tf.interpolation.value,
-                      crop_pct=round(tf.crop_size[0] / tf.resize_size[0], 4))
-    except (AttributeError, IndexError, TypeError, ZeroDivisionError):
-        pass  # no weights metadata: ImageNet defaults
-    return config
+    return frozenset(tv_kinds())
 
 
 # --- timm --------------------------------------------------------------------------------------
@@ -261,7 +177,8 @@ def _timm_is_model(name: str) -> bool:
     return bool(name) and timm.is_model(name)
 
 
-def _create_timm(spec: str, pretrained: bool, num_classes: Optional[int]) -> ModelInfo:
+def _create_timm(spec: str, pretrained: bool, num_classes: Optional[int],
+                 features_only: bool = False) -> ModelInfo:
     import timm
     from timm.data import resolve_model_data_config
     from timm.models import get_pretrained_cfg, split_model_name_tag
@@ -275,6 +192,10 @@ def _create_timm(spec: str, pretrained: bool, num_classes: Optional[int]) -> Mod
                 + (f"; it has: {', '.join(tags[:8])}{' …' if len(tags) > 8 else ''}" if tags
                    else "; it has no pretrained weights"))
     kwargs: Dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if features_only:
+        if num_classes is not None:
+            raise ConfigError("a features_only model has no classifier; drop --num-classes")
+        kwargs["features_only"] = True
     what = f"timm:{spec}"
     if pretrained:
         cfg = get_pretrained_cfg(spec)
@@ -300,7 +221,7 @@ def _create_timm(spec: str, pretrained: bool, num_classes: Optional[int]) -> Mod
     config["input_size"] = tuple(int(x) for x in config["input_size"])
     canonical = f"timm:{arch}.{tag}" if tag else f"timm:{arch}"
     return ModelInfo(model=model, name=canonical, input_size=config["input_size"],
-                     data_config=config)
+                     data_config=config, kind="features" if features_only else "classification")
 
 
 # --- user models -------------------------------------------------------------------------------

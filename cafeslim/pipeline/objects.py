@@ -42,9 +42,10 @@ def analyze_info(info: Any, flops: bool = True) -> Analysis:
     from ..flops import FlopsModel
     from ..graph import analyze
 
-    x = info.example_input()
-    graph = analyze(info.model, x, source=info.name)
-    return Analysis(info, x, graph, FlopsModel(graph, info.model, x) if flops else None)
+    # A model that does not trace as a whole (detection) is analysed on its traced part.
+    x, model = info.example_input(), info.analysed
+    graph = analyze(model, x, source=info.name, output_reason=info.output_reason)
+    return Analysis(info, x, graph, FlopsModel(graph, model, x) if flops else None)
 
 
 def at_size(info: Any, size: int) -> Any:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..export.formats import FORMATS, ExportResult, export_model
 from ..export.widths import read_widths_json, widths_info
-from ..export.slim import slim
+from ..export.whole import export_whole, slim_whole
 from .objects import analyze_info
 from ..config import ensure_empty_dir
 
@@ -116,7 +116,7 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
         spec = read_widths_json(widths_file, graph)["index_spec"]
         extra.update(method="widths", widths_file=str(widths_file))
     else:
-        orders = channel_order(graph, info.model, order)
+        orders = channel_order(graph, info.analysed, order)
         space = channel_space(graph, fm, order=orders)
         if fraction is not None:
             k = np.array([max(1, int(np.floor(float(fraction) * g.channels + 0.5)))
@@ -128,14 +128,22 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
             extra.update(budget=budget, budget_text=str(flops), window=[low * budget, budget])
         spec = space.fixed_spec(k)
 
-    small = slim(info.model, graph, spec)
-    flops_before = float(fm.fvcore_full if fm.fvcore_full is not None else count_flops(info.model, x))
-    flops_after = float(count_flops(small, x))
+    # A model traced in part (detection): the part is slimmed inside the whole model, FLOPs
+    # are the traced part's, and the whole model is what model.pt holds.
+    small = slim_whole(info.model, info.part, graph, spec)
+    part, small_part = info.analysed, (small.get_submodule(info.part) if info.part else small)
+    flops_before = float(fm.fvcore_full if fm.fvcore_full is not None else count_flops(part, x))
+    flops_after = float(count_flops(small_part, x))
     predicted = fm.flops(graph.widths_of(spec))
     extra["flops_predicted"] = predicted
-    meta = widths_info(graph, spec, source=info.name, slim_model=small, original=info.model,
+    if info.part:
+        extra.update(traced_part=info.part, flops_of=info.part)
+    meta = widths_info(graph, spec, source=info.name, slim_model=small_part, original=part,
                        flops=flops_after, full_flops=flops_before, extra=extra)
-    res = export_model(small, x, out, set(formats), meta)
+    if info.part:
+        res = export_whole(small, info.part, x, info.model_inputs(), out, set(formats), meta)
+    else:
+        res = export_model(small, x, out, set(formats), meta)
     files = [res.paths[f] for f in ("widths", *FORMATS) if f in res.paths]
     return UniformExportReport(
         flops_before=flops_before, flops_after=flops_after,

@@ -126,9 +126,11 @@ def test_unknown_pretrained_tag():
         create("timm:test_resnet.nope")
 
 
-def test_torchvision_detection_models_are_not_classification():
-    with pytest.raises(ModelNotFoundError):
-        resolve_name("tv:fasterrcnn_resnet50_fpn")
+def test_torchvision_models_of_every_kind_resolve():
+    assert resolve_name("tv:fasterrcnn_resnet50_fpn") == ("tv", "fasterrcnn_resnet50_fpn")
+    assert resolve_name("tv:raft_small") == ("tv", "raft_small")
+    with pytest.raises(ConfigError, match="quantized .*slim tv:resnet18"):
+        resolve_name("tv:quantized_resnet18")
 
 
 def test_user_callable(tiny):
