@@ -16,13 +16,13 @@ Example:
 
 from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml,
                     ensure_empty_dir, load_yaml, resolve, section, to_dict)
-from .run import (CONFIG_FILE, DEMO, DEMO_IMG_SIZE, DEMO_PRESET, RUN_FORMAT, RunSettings,
+from .run import (BUILTIN_IMG_SIZE, CONFIG_FILE, DEMO, DEMO_HARD, DEMO_IMG_SIZE, DEMO_PRESET, RUN_FORMAT, RunSettings,
                   load_settings, method_offset, resolve_settings)
 from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainConfig, choices
 from .train import RETRAIN_RESUMABLE, RetrainConfig
 
 __all__ = [
-    "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "ExportConfig",
+    "BUILTIN_IMG_SIZE", "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_HARD", "DEMO_IMG_SIZE", "DEMO_PRESET", "ExportConfig",
     "MinMinConfig", "RESUMABLE_CHANGES", "RETRAIN_RESUMABLE", "RUN_FORMAT", "RetrainConfig", "RunSettings", "SearchConfig",
     "TrainConfig", "atomic_write", "changed_settings", "choices", "dump_yaml", "ensure_empty_dir",
     "load_settings",

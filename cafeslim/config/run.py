@@ -32,6 +32,10 @@ DEMO_PRESET: Dict[str, Dict[str, Any]] = {  # measured: 98% D_val top-1 at 50% F
 """The small settings of ``--data demo``: the README command takes minutes on two CPU cores
 (real data get the paper's defaults). Its search part is also the Python API's default."""
 DEMO_IMG_SIZE = 64  # the digits are 8×8: a larger input only costs time
+DEMO_HARD = "demo-hard"
+BUILTIN_IMG_SIZE = {DEMO: DEMO_IMG_SIZE, DEMO_HARD: 32}
+"""The built-in data sets (``cafeslim.data``) and their default input size (the hard
+composites are drawn on a 32 px canvas). Both get :data:`DEMO_PRESET`."""
 _TOP = {"format", "model", "data", "pretrained", "weights", "train", "search", "bins"}
 
 
@@ -141,7 +145,7 @@ def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
         raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid: "
                           f"{', '.join(sorted(_TOP - {'format'}))}")
     data = str(data or y.get("data") or DEMO)
-    pre = DEMO_PRESET if preset and data == DEMO else {}
+    pre = DEMO_PRESET if preset and data in BUILTIN_IMG_SIZE else {}
     layer = {name: {**pre.get(name, {}), **section(y, name)} for name in ("train", "search", "bins")}
     search = resolve(SearchConfig, flags.get("search"), layer["search"])
     train_flags: Dict[str, Any] = dict(flags.get("train") or {})
@@ -157,5 +161,5 @@ def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
         bins=resolve(BinsConfig, flags.get("bins"), layer["bins"]))
 
 
-__all__ = ["CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "RUN_FORMAT", "RunSettings",
+__all__ = ["BUILTIN_IMG_SIZE", "CONFIG_FILE", "DEMO", "DEMO_HARD", "DEMO_IMG_SIZE", "DEMO_PRESET", "RUN_FORMAT", "RunSettings",
            "load_settings", "method_offset", "resolve_settings"]

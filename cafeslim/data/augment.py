@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from .folders import split_key
 
+_BUILTIN = ("demo", "demo-hard")  # the in-memory digits (cafeslim.data.loaders.BUILTIN)
 SMALL_IMAGE = 64  # at most this many pixels a side: the padded crop is the default
 
 
@@ -41,10 +42,10 @@ def resolve_aug(aug: Optional[str], source: str, size: int) -> str:
         ('none', 'shift')
     """
     if aug is None:
-        return "none" if source == "demo" else "timm"
+        return "none" if source in _BUILTIN else "timm"
     if aug != "auto":
         return aug
-    return "shift" if source == "demo" or size <= SMALL_IMAGE else "timm"
+    return "shift" if source in _BUILTIN or size <= SMALL_IMAGE else "timm"
 
 
 def default_shift(size: int) -> int:
