@@ -47,8 +47,9 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help=(
 ForceOpt = Annotated[bool, typer.Option("--force", help=(
     "Start over in a non-empty run folder (deletes only the run's own files)."))]
 MethodOpt = Annotated[Optional[Method], _opt("--method", case_sensitive=False, help=(
-    "cafenet (default), fixed (r = 0, AutoSlim-style) or uniform (no supernet: the same "
-    "fraction of every layer)."))]
+    "cafenet (default), fixed (r = 0, AutoSlim-style), uniform (no supernet: the same "
+    "fraction of every layer) or random (the paper's Random baseline: --random-n widths of "
+    "the window, each trained --random-epochs stand-alone, the best D_val score kept)."))]
 SearcherOpt = Annotated[Optional[SearcherChoice], _opt("--searcher", case_sensitive=False, help=(
     "evolution (default) or random."))]
 DeviceOpt = Annotated[Optional[Device], _opt("--device", case_sensitive=False,
@@ -80,6 +81,8 @@ SeedOpt = _int("--seed", "Seeds weights, data order, D_val split and the search.
 EvalOpt = _int("--eval-batches", "D_val batches per evaluated width (default: all of D_val).")
 RecalOpt = _int("--recal-batches", "Training batches per BN recalibration (demo 2, else 20).")
 ImgOpt = _int("--img-size", "Square input size (demo 64, else the model's own).", lo=8)
+RandomNOpt = _int("--random-n", "--method random: width vectors trained per budget (default 8).")
+RandomEpochsOpt = _int("--random-epochs", "--method random: epochs each is trained (default 1).")
 ThreadsOpt = _int("--threads", "CPU threads for PyTorch (default: the idle cores, at least 1).")
 
 
@@ -93,7 +96,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    batch_size: BatchOpt = None, workers: WorkersOpt = None,
                    device: DeviceOpt = None, amp: AmpOpt = None, seed: SeedOpt = None,
                    eval_batches: EvalOpt = None, recal_batches: RecalOpt = None,
-                   img_size: ImgOpt = None, threads: ThreadsOpt = None,
+                   img_size: ImgOpt = None, random_n: RandomNOpt = None,
+                   random_epochs: RandomEpochsOpt = None, threads: ThreadsOpt = None,
                    weights: WeightsOpt = None, pretrained: PretrainedOpt = False) -> None:
     """Train a CafeNet supernet on MODEL and search its per-layer widths under FLOPs budgets.
 
@@ -113,6 +117,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
 
         cafeslim search timm:test_resnet --flops 50% --method uniform
 
+        cafeslim search timm:test_resnet --flops 50% --method random --random-n 8
+
         cafeslim search timm:test_resnet --flops 50% --resume
     """
     flags = {
@@ -122,7 +128,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
         "search": {"flops": flops, "method": method.value if method else None,
                    "searcher": searcher.value if searcher else None, "population": population,
                    "iterations": iterations, "samples": samples, "stages": stages,
-                   "alpha": alpha, "eval_batches": eval_batches, "recal_batches": recal_batches},
+                   "alpha": alpha, "eval_batches": eval_batches, "recal_batches": recal_batches,
+                   "random_n": random_n, "random_epochs": random_epochs},
         "bins": {"beta": beta, "divisor": divisor},
     }
     from ..pipeline import run_search

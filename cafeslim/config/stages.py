@@ -10,7 +10,7 @@ Example:
     >>> TrainConfig(offset=0).minmin()
     MinMinConfig(offset=0, candidates=0, select_batch=1.0, minmin_start=0.0, sandwich=False, select_dtype=None)
     >>> choices(SearchConfig, "method")
-    ('cafenet', 'fixed', 'uniform')
+    ('cafenet', 'fixed', 'uniform', 'random')
 """
 
 from __future__ import annotations
@@ -173,8 +173,11 @@ class SearchConfig:
 
     Attributes:
         flops: budget(s), comma-separated: ``2G``, ``300M``, ``50%``, ``0.5x``, ``1G,2G``.
-        method: ``cafenet`` (locally free, r = offset), ``fixed`` (r = 0) or ``uniform`` (no
-            supernet training: one width multiplier for every layer, the paper's baseline).
+        method: ``cafenet`` (locally free, r = offset), ``fixed`` (r = 0), ``uniform`` (no
+            supernet training: one width multiplier for every layer, the paper's baseline) or
+            ``random`` (the paper's Random baseline: ``random_n`` width vectors drawn
+            uniformly in the budget window, each trained stand-alone for ``random_epochs``
+            with the ``cafeslim train`` recipe, the best D_val score kept).
         searcher: a name of :data:`cafeslim.search.SEARCHERS`: ``evolution`` (CafeNet-E) or
             ``random`` (CafeNet-R).
         population, iterations, parents: evolutionary search; samples: random search.
@@ -182,6 +185,8 @@ class SearchConfig:
         eval_batches: D_val batches per evaluation (None: all of D_val).
         recal_batches: training batches per BN recalibration.
         stages, alpha: multi-stage search (Eq. 10): T stages, β divided by α each stage.
+        random_n, random_epochs: ``--method random``: candidates per budget and the epochs
+            each is trained.
 
     Example:
         >>> SearchConfig(flops="1G, 2G").budgets
@@ -189,7 +194,7 @@ class SearchConfig:
     """
 
     flops: Optional[str] = None
-    method: Literal["cafenet", "fixed", "uniform"] = "cafenet"
+    method: Literal["cafenet", "fixed", "uniform", "random"] = "cafenet"
     searcher: Literal["evolution", "random"] = "evolution"
     population: int = 40
     iterations: int = 50
@@ -200,6 +205,8 @@ class SearchConfig:
     recal_batches: int = 20
     stages: int = 1
     alpha: float = 2.0
+    random_n: int = 8
+    random_epochs: int = 1
 
     def __post_init__(self) -> None:
         _check(((self.population >= 2, "population must be at least 2"),
@@ -212,9 +219,11 @@ class SearchConfig:
                  "eval_batches must be at least 1"),
                 (self.stages >= 1, "stages must be at least 1"),
                 (self.alpha > 0, "alpha must be positive"),
-                # Method rule: the uniform baseline trains no supernet, so it has no stages.
-                (self.method != "uniform" or self.stages == 1,
-                 "--method uniform trains no supernet: it takes no --stages")))
+                (self.random_n >= 1, "random_n must be at least 1"),
+                (self.random_epochs >= 1, "random_epochs must be at least 1"),
+                # Method rule: the baselines train no supernet, so they have no stages.
+                (self.method not in ("uniform", "random") or self.stages == 1,
+                 f"--method {self.method} trains no supernet: it takes no --stages")))
 
     @property
     def budgets(self) -> List[str]:

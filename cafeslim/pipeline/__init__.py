@@ -6,6 +6,7 @@ together the way the command line uses them and persists every step:
 * :mod:`.rundir` — the folder layout, empty-folder checks, resume checks;
 * :mod:`.objects` — settings → model, graph, FLOPs model, bins, budgets, data, fitness;
 * :mod:`.stages` — the methods (:data:`~.stages.METHODS`): train, search, multi-stage, uniform;
+* :mod:`.random_baseline` — ``--method random``: random widths trained stand-alone;
 * :mod:`.run` — :func:`run_search`, the whole ``cafeslim search``;
 * :mod:`.recorder`, :mod:`.report` — ``search.jsonl``, ``result.json``, ``report.md``, plots;
 * :mod:`.run_export`, :mod:`.uniform` — ``cafeslim export RUN`` and ``export MODEL``;
@@ -22,6 +23,7 @@ import importlib
 # Lazy: the command line's argument errors should not wait for torch to import.
 _EXPORTS = {
     "objects": ["Analysis", "Built", "analyze_info", "at_size", "build", "make_fitness"],
+    "random_baseline": ["random_method", "retrain_config", "train_candidate"],
     "report": ["read_result", "result_json", "write_report"],
     "run": ["RunResult", "run_search", "start_run"],
     "run_export": ["RunExportReport", "export_run"],

@@ -27,7 +27,7 @@ CONFIG, RESULT, SEARCH_LOG, STATE, STAGES = (CONFIG_FILE, "result.json", "search
                                              "search_state.json", "stages.json")
 # What --force may delete: only files a run writes (never a user's other files).
 RUN_FILES = (CONFIG, RESULT, SEARCH_LOG, STATE, STAGES, "graph.json", "bins.json", "last.pt",
-             "metrics.jsonl", "report.md", "plots", "export")
+             "metrics.jsonl", "report.md", "plots", "export", "random")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, force: bool) -> None:

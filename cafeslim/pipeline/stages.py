@@ -181,9 +181,16 @@ def supernet_method(b: Built, run_dir: Path, *, resume: bool, progress: bool,
             "search": search}
 
 
+def random_method(b: Built, run_dir: Path, **kw: Any) -> Dict[str, Any]:
+    """The Random baseline: see :mod:`cafeslim.pipeline.random_baseline`."""
+    from .random_baseline import random_method as run
+
+    return run(b, run_dir, **kw)
+
+
 Method = Callable[..., Dict[str, Any]]
 METHODS: Dict[str, Method] = {"cafenet": supernet_method, "fixed": supernet_method,
-                              "uniform": uniform_method}
+                              "uniform": uniform_method, "random": random_method}
 """``--method`` name -> how the run gets its results (the offset rule is in the settings)."""
 
-__all__ = ["METHODS", "search_stage", "supernet_method", "train_stage", "uniform_method"]
+__all__ = ["METHODS", "random_method", "search_stage", "supernet_method", "train_stage", "uniform_method"]
