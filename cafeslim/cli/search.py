@@ -26,6 +26,7 @@ from .common import ModelArg, PretrainedOpt, WeightsOpt, choice_enum, human, out
 Method = choice_enum(SearchConfig, "method")  # cafenet: locally free; fixed: r = 0; uniform
 SearcherChoice = choice_enum(SearchConfig, "searcher")  # evolution (CafeNet-E), random (-R)
 Device = choice_enum(TrainConfig, "device")
+Sampling = choice_enum(TrainConfig, "sampling")
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:  # noqa: A002 - typer's keyword
@@ -58,6 +59,11 @@ AmpOpt = Annotated[Optional[bool], _opt("--amp/--no-amp", help=(
     "bf16 autocast on CUDA (fp16: amp: fp16 in the config's train: section)."))]
 
 
+SamplingOpt = Annotated[Optional[Sampling], _opt("--sampling", case_sensitive=False, help=(
+    "Widths of the min-min steps: uniform over the bins (default, Eq. 1), budget (inside the "
+    "FLOPs windows of the budgets and stages) or mixed (--sampling-mix of budget)."))]
+
+
 def _int(name: str, help: str, *short: str, lo: int = 1) -> Any:  # noqa: A002
     return Annotated[Optional[int], _opt(name, *short, min=lo, help=help)]
 
@@ -83,6 +89,7 @@ RecalOpt = _int("--recal-batches", "Training batches per BN recalibration (demo 
 ImgOpt = _int("--img-size", "Square input size (demo 64, else the model's own).", lo=8)
 RandomNOpt = _int("--random-n", "--method random: width vectors trained per budget (default 8).")
 RandomEpochsOpt = _int("--random-epochs", "--method random: epochs each is trained (default 1).")
+SamplingMixOpt = _float("--sampling-mix", "--sampling mixed: the budget fraction (default 0.5).")
 ThreadsOpt = _int("--threads", "CPU threads for PyTorch (default: the idle cores, at least 1).")
 
 
@@ -97,7 +104,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    device: DeviceOpt = None, amp: AmpOpt = None, seed: SeedOpt = None,
                    eval_batches: EvalOpt = None, recal_batches: RecalOpt = None,
                    img_size: ImgOpt = None, random_n: RandomNOpt = None,
-                   random_epochs: RandomEpochsOpt = None, threads: ThreadsOpt = None,
+                   random_epochs: RandomEpochsOpt = None, sampling: SamplingOpt = None,
+                   sampling_mix: SamplingMixOpt = None, threads: ThreadsOpt = None,
                    weights: WeightsOpt = None, pretrained: PretrainedOpt = False) -> None:
     """Train a CafeNet supernet on MODEL and search its per-layer widths under FLOPs budgets.
 
@@ -124,7 +132,8 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
     flags = {
         "train": {"epochs": epochs, "batch_size": batch_size, "workers": workers,
                   "device": device.value if device else None, "seed": seed, "img_size": img_size,
-                  "offset": offset, "amp": None if amp is None else ("bf16" if amp else "off")},
+                  "offset": offset, "amp": None if amp is None else ("bf16" if amp else "off"),
+                  "sampling": sampling.value if sampling else None, "sampling_mix": sampling_mix},
         "search": {"flops": flops, "method": method.value if method else None,
                    "searcher": searcher.value if searcher else None, "population": population,
                    "iterations": iterations, "samples": samples, "stages": stages,
@@ -185,16 +194,20 @@ def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
     table = Table(title=f"{result['model']} ({result['method']}): full {human(full['flops'])} "
                         f"FLOPs, {human(full['params'])} params", title_justify="left",
                   box=box.SIMPLE_HEAD)
+    from ..pipeline.report import SCORE, score_cell
+
     # D_val is what the search selected on: its top-1 ranks widths, it is not an accuracy.
-    for head in ("budget", "FLOPs", "params", "D_val score", "evaluated"):
+    for head in ("budget", "FLOPs", "params", SCORE, "evaluated"):
         table.add_column(head, justify="left" if head == "budget" else "right", no_wrap=True)
     for b in result["budgets"]:
         table.add_row(b["budget"], f"{human(b['flops'])} ({b['flops_ratio']:.3f}×)",
-                      f"{human(b['params'])} ({b['params_ratio']:.3f}×)", f"{100 * b['top1']:.2f}%",
+                      f"{human(b['params'])} ({b['params_ratio']:.3f}×)", score_cell(result, b),
                       str(b["evaluated"]))
     out.print(table)
     out.print(Text("D_val score: top-1 on the images the search selected on, a selection score, "
-                   "not the model's accuracy"))
+                   "not the model's accuracy" + (" (uniform trains no weights: none to show)"
+                                                 if result["method"] == "uniform" else "")))
+    out.print(Text(f"the accuracy to quote: cafeslim train {run_dir}, then cafeslim eval "
+                   f"{run_dir}/train (test split, trained with the same recipe for every method)"))
     out.print(Text(f"wrote {run_dir}/result.json and {run_dir}/report.md ({result['seconds']:.0f} s)"))
-    out.print(Text(f"next: cafeslim train {run_dir} (the accuracy to quote), or cafeslim export "
-                   f"{run_dir}"))
+    out.print(Text(f"export the widths: cafeslim export {run_dir}"))

@@ -8,7 +8,7 @@ never copied field by field.
 
 Example:
     >>> TrainConfig(offset=0).minmin()
-    MinMinConfig(offset=0, candidates=0, select_batch=1.0, minmin_start=0.0, sandwich=False, select_dtype=None)
+    MinMinConfig(offset=0, candidates=0, select_batch=1.0, minmin_start=0.0, sandwich=False, select_dtype=None, sampling='uniform', sampling_mix=0.5)
     >>> choices(SearchConfig, "method")
     ('cafenet', 'fixed', 'uniform', 'random')
 """
@@ -61,6 +61,10 @@ class MinMinConfig:
         sandwich: also train the largest and the smallest width every step (AutoSlim).
         select_dtype: run the selection forwards under autocast in this dtype even when
             training is fp32 (near-ties may then rank differently); None: the training's.
+        sampling: where the step's width comes from (:mod:`cafeslim.bins.sampling`):
+            ``uniform`` over each group's bins (Eq. 1), ``budget`` (inside the FLOPs windows of
+            the requested budgets and stages) or ``mixed``.
+        sampling_mix: the budget fraction of ``mixed``.
 
     Example:
         >>> MinMinConfig(offset=1, select_batch=0.25).select_batch
@@ -73,9 +77,12 @@ class MinMinConfig:
     minmin_start: float = 0.0
     sandwich: bool = False
     select_dtype: Optional[SelectDtype] = None
+    sampling: Literal["uniform", "budget", "mixed"] = "uniform"
+    sampling_mix: float = 0.5
 
     def __post_init__(self) -> None:
         _check(((self.offset >= 0, "offset must be non-negative"),
+                (0 <= self.sampling_mix <= 1, "sampling_mix must be in [0, 1]"),
                 (self.candidates >= 0, "candidates must be non-negative"),
                 (0 < self.select_batch <= 1, "select_batch must be in (0, 1]"),
                 (0 <= self.minmin_start <= 1, "minmin_start must be in [0, 1]"),

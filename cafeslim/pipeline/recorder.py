@@ -62,7 +62,7 @@ class SearchRecorder:
 
             self.bar = Progress(TextColumn(f"[bold]search {label}"), BarColumn(bar_width=20),
                                 MofNCompleteColumn(), TextColumn(
-                                    "gen  {task.fields[n]} widths  best {task.fields[best]}"),
+                                    "gen  {task.fields[n]} widths  best D_val score {task.fields[best]}"),
                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                 console=Console(stderr=True))
             self.task = self.bar.add_task("search", total=total, completed=self.generations(states),

@@ -4,8 +4,9 @@ Plots (PNG, in ``plots/``), drawn with matplotlib's Agg backend (no display need
 
 * ``widths.png`` — the kept fraction of every searchable layer per budget, like the paper's
   Fig. 4, with the full channel counts in the labels;
-* ``accuracy_flops.png`` — D_val top-1 against FLOPs of every evaluated width vector, the
-  chosen ones marked, the budget windows shaded;
+* ``accuracy_flops.png`` — the D_val score (top-1 on D_val, the *selection score* the search
+  ranks widths by; not an accuracy) against FLOPs of every evaluated width vector, the chosen
+  ones marked, the budget windows shaded;
 * ``bins.png`` — bin size and number of bins per layer (Fig. 5), from ``inspect-bins``;
 * ``loss.png`` — the supernet's training loss (when the run trained one).
 
@@ -25,13 +26,21 @@ from ..config import RUN_FORMAT
 from ..errors import CheckpointError
 from ..units import human
 
+SCORE = "D_val score (selection)"
+SCORE_NOTE = ("D_val score: top-1 on the images the search selected on — a selection score "
+              "that ranks widths, not the model's accuracy. The accuracy to quote is the test "
+              "top-1 of `cafeslim train RUN` + `cafeslim eval RUN/train`.")
+UNTRAINED = "not trained"
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
 
 
 def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any]:
     """The ``result.json`` document of a run.
 
-    Per budget: the budget (as written and in FLOPs) and its window, D_val top-1, FLOPs of the
+    Per budget: the budget (as written and in FLOPs) and its window, the D_val top-1 of the
+    chosen sub-network as evaluated (``top1``) and, as ``selection_score``, the same number
+    where it means something (None for ``uniform``, whose weights are untrained: its top1 is
+    chance), FLOPs of the
     winning IndexSpec by the FLOPs model (exact: it equals fvcore on the slimmed model), params
     of the slimmed model, bin counts ``k`` of ``num_bins``, channels per searchable group, the
     winning candidate and the IndexSpec itself, and the checkpoint it was found on.
@@ -51,6 +60,7 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
     from ..flops import count_params
 
     graph, s = b.graph, b.settings.search
+    trained = s.method != "uniform"  # uniform scores untrained weights: chance
     full_params = count_params(b.info.model)
     space = out.get("space", b.space)
     rows = []
@@ -60,7 +70,8 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
         params = count_params(slim(b.info.model, graph, spec))
         rows.append({
             "budget": text, "budget_flops": budget, "window": [s.low * budget, budget],
-            "top1": best.top1, "flops": best.flops, "flops_ratio": best.flops / b.fm.full,
+            "top1": best.top1, "selection_score": best.top1 if trained else None,
+            "flops": best.flops, "flops_ratio": best.flops / b.fm.full,
             "flops_human": human(best.flops), "params": params,
             "params_ratio": params / full_params if full_params else None,
             "k": [int(v) for v in best.k], "num_bins": [int(v) for v in space.num_bins],
@@ -70,6 +81,7 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
             "evaluated": res.evaluated, "searcher": res.searcher, "checkpoint": ckpt})
     return {
         "format": RUN_FORMAT, "model": b.info.name, "method": s.method, "data": b.settings.data,
+        "score": {"name": SCORE, "trained": trained, "note": SCORE_NOTE},
         "input_size": list(b.info.input_size), "num_classes": b.data.num_classes,
         "full": {"flops": b.fm.full, "params": full_params},
         "groups": [{"id": g.id, "layer": (g.producers or g.layers or [""])[0],
@@ -123,6 +135,19 @@ def _pct(x: Optional[float]) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def score_cell(result: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """A budget's D_val score as shown in tables: a percentage, or ``not trained`` (uniform).
+
+    Example:
+        >>> score_cell({"method": "uniform"}, {"top1": 0.1})
+        'not trained'
+        >>> score_cell({"method": "cafenet"}, {"top1": 0.5})
+        '50.00%'
+    """
+    trained = (result.get("score") or {}).get("trained", result.get("method") != "uniform")
+    return _pct(entry["top1"]) if trained else UNTRAINED
+
+
 def write_report(run_dir: Union[str, Path], result: Mapping[str, Any],
                  space: Any = None) -> Path:
     """Write ``report.md`` and ``plots/*.png`` from a run's files (and its bins, if given).
@@ -172,24 +197,30 @@ def _markdown(r: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
              f"{r['space']['groups']} searchable groups, search space 10^{r['space']['log10_size']:.1f} "
              f"(β={r['space']['beta']:g}, offset r={r['space']['offset']}); run time {r['seconds']:.0f} s.",
              "", "## Result", "",
-             "| budget | FLOPs | of full | params | of full | D_val top-1 | widths evaluated | checkpoint |",
+             f"| budget | FLOPs | of full | params | of full | {SCORE} | widths evaluated | checkpoint |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for b in r["budgets"]:
         lines.append(f"| {b['budget']} | {human(b['flops'])} | {b['flops_ratio']:.3f} | "
-                     f"{human(b['params'])} | {b['params_ratio']:.3f} | {_pct(b['top1'])} | "
+                     f"{human(b['params'])} | {b['params_ratio']:.3f} | {score_cell(r, b)} | "
                      f"{b['evaluated']} | {b['checkpoint'] or '–'} |")
-    lines += ["", "FLOPs count one multiply-add as one FLOP (fvcore's convention), at the input "
+    lines += ["", SCORE_NOTE + (" `uniform` trains no weights here, so it has no D_val score "
+                                "worth showing." if r["method"] == "uniform" else ""), "",
+              "FLOPs count one multiply-add as one FLOP (fvcore's convention), at the input "
               "size above. D_val is held out of the training images; the test split is only "
-              "used by `cafeslim eval`.", "", "## Widths per layer", "",
+              "used by `cafeslim train` and `cafeslim eval`.", "", "## Widths per layer", "",
               f"![kept channels per layer]({figs['widths']})", "",
               "| group | layer | channels | " + " | ".join(b["budget"] for b in r["budgets"]) + " |",
               "|---:|---|---:|" + "---:|" * len(r["budgets"])]
     for g in r["groups"]:
         kept = [str(b["widths"].get(str(g["id"]), g["channels"])) for b in r["budgets"]]
         lines.append(f"| {g['id']} | `{g['layer']}` | {g['channels']} | " + " | ".join(kept) + " |")
-    lines += ["", "## Accuracy against FLOPs", "", f"![D_val top-1 vs FLOPs]({figs['accuracy']})",
-              "", f"{len(records)} width vectors evaluated; each point is the best of its locally "
-              "free candidates (max-max, Eq. 13) after BatchNorm recalibration."]
+    how = {"random": "each point is one width trained stand-alone and scored on D_val",
+           "uniform": "untrained weights: the scores are chance level"}.get(
+        r["method"], "each point is the best of its locally free candidates (max-max, Eq. 13) "
+        "after BatchNorm recalibration")
+    lines += ["", "## D_val score against FLOPs", "",
+              f"![D_val score vs FLOPs]({figs['accuracy']})", "",
+              f"{len(records)} width vectors evaluated; {how}."]
     if "bins" in figs:
         lines += ["", "## Bins", "", f"![bins per layer]({figs['bins']})"]
     t, s = r.get("train"), r.get("search") or {}
@@ -204,8 +235,9 @@ def _markdown(r: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
                   f"scored {s.get('widths', 0)} in {s.get('seconds', 0):.0f} s "
                   f"({s.get('widths_per_s', 0):.2f}/s), time in BN recalibration "
                   f"{_pct(s.get('recal_share'))}, in evaluation {_pct(s.get('eval_share'))}."]
-    lines += ["", "## Next", "", "```bash", f"cafeslim export {run_dir}",
-              f"cafeslim eval {run_dir}/export", "```", ""]
+    lines += ["", "## Next", "", "The accuracy to quote: train the chosen widths and measure "
+              "them on the test split.", "", "```bash", f"cafeslim train {run_dir}",
+              f"cafeslim eval {run_dir}/train", f"cafeslim export {run_dir}", "```", ""]
     return "\n".join(lines)
 
 
@@ -225,7 +257,7 @@ def plot_widths(result: Mapping[str, Any], path: Path, title: str = "") -> Path:
         ratio = [b["widths"].get(str(g["id"]), g["channels"]) / g["channels"] for g in groups]
         xs = [i + (j - (m - 1) / 2) * width for i in range(n)]
         ax.bar(xs, ratio, width=width, color=COLORS[j % len(COLORS)],
-               label=f"{b['budget']}: {human(b['flops'])} FLOPs, top-1 {_pct(b['top1'])}")
+               label=f"{b['budget']}: {human(b['flops'])} FLOPs, D_val score {score_cell(result, b)}")
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_ylim(0, 1.12 + 0.07 * ((m + 1) // 2))  # headroom above 1.0 for the legend
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
@@ -244,7 +276,7 @@ def plot_widths(result: Mapping[str, Any], path: Path, title: str = "") -> Path:
 
 def plot_accuracy(result: Mapping[str, Any], records: Sequence[Mapping[str, Any]], path: Path,
                   title: str = "") -> Path:
-    """D_val top-1 against FLOPs of every evaluated width, the chosen ones as stars.
+    """D_val score (selection) against FLOPs of every evaluated width, the chosen ones as stars.
 
     Example:
         >>> plot_accuracy(read_result(run), records, Path("acc.png"))    # doctest: +SKIP
@@ -265,12 +297,12 @@ def plot_accuracy(result: Mapping[str, Any], records: Sequence[Mapping[str, Any]
         ax.axvspan(lo / scale, hi / scale, color="grey", alpha=0.12)
         ax.scatter([b["flops"] / scale], [100 * b["top1"]], marker="*", s=260, color="gold",
                    edgecolors="black", linewidths=0.8, zorder=5,
-                   label=f"chosen {b['budget']}: {_pct(b['top1'])}" if j < 6 else None)
+                   label=f"chosen {b['budget']}: {score_cell(result, b)}" if j < 6 else None)
     ax.set_xlabel(f"FLOPs ({unit}, one multiply-add = one FLOP)")
-    ax.set_ylabel("D_val top-1 (%)")
+    ax.set_ylabel(f"{SCORE} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
-    ax.set_title((f"{title}: " if title else "") + "accuracy vs FLOPs (grey: budget windows)",
+    ax.set_title((f"{title}: " if title else "") + "D_val score vs FLOPs (grey: budget windows)",
                  fontsize=11)
     return _save(fig, path)
 
@@ -316,5 +348,5 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-__all__ = ["plot_accuracy", "plot_loss", "plot_widths", "read_result",
-           "result_json", "write_report"]
+__all__ = ["SCORE", "SCORE_NOTE", "UNTRAINED", "plot_accuracy", "plot_loss", "plot_widths",
+           "read_result", "result_json", "score_cell", "write_report"]

@@ -32,8 +32,11 @@ def _main() -> bool:  # rank 0 writes the files under torchrun
 
 
 def train_stage(b: Built, supernet: Any, space: Any, folder: Path, resume: bool,
-                progress: bool, callback: Callback) -> Dict[str, Any]:
+                progress: bool, callback: Callback,
+                budgets: Optional[List[float]] = None) -> Dict[str, Any]:
     """Train ``supernet`` on ``space`` in ``folder`` (resuming its ``last.pt`` if asked).
+
+    ``budgets`` (default: the run's) are the windows ``--sampling budget|mixed`` trains in.
 
     Returns:
         The ``train`` entry of ``result.json``.
@@ -43,12 +46,16 @@ def train_stage(b: Built, supernet: Any, space: Any, folder: Path, resume: bool,
         ...             False, None)["steps"]                          # doctest: +SKIP
         120
     """
+    from ..bins.sampling import make_sampler
     from ..supernet.train import CHECKPOINT, METRICS, train_supernet
 
+    t = b.settings.train
+    sampler = make_sampler(space, b.fm, b.budgets if budgets is None else budgets, t, t.seed,
+                           low=b.settings.search.low)
     cb = (lambda step, _stats: callback("train", step)) if callback else None
-    res = train_supernet(supernet, space, b.data, b.settings.train, folder,
+    res = train_supernet(supernet, space, b.data, t, folder,
                          resume=resume and (folder / CHECKPOINT).exists(), progress=progress,
-                         model_name=b.info.name, callback=cb)
+                         model_name=b.info.name, callback=cb, sampler=sampler)
     lines = (folder / METRICS).read_text().splitlines() if (folder / METRICS).exists() else []
     loss = json.loads(lines[-1]).get("loss") if lines else None  # also when no step ran now
     return {"steps": res.steps, "total_steps": res.total_steps, "epochs": round(res.epochs, 3),
@@ -145,7 +152,9 @@ def _multistage(b: Built, supernet: Any, run_dir: Path, resume: bool, progress: 
             supernet.load_state_dict(load_checkpoint(prev)["model"])
         supernet.space = space
         supernet.clear_bn_stats()  # statistics of the old weights
-        info["train"] = train_stage(b, supernet, space, here, resume, progress, callback)
+        # Budget-aware sampling trains in this stage's window and in the final one.
+        info["train"] = train_stage(b, supernet, space, here, resume, progress, callback,
+                                    budgets=[stage.budget, *b.budgets])
 
     def search_fn(stage: Any, space: Any) -> Any:
         res, info["search"] = search_stage(b, supernet, space, run_dir, [stage.budget],

@@ -166,6 +166,7 @@ def minmin_step(
     *,
     scaler: Any = None,
     autocast_dtype: Optional[torch.dtype] = None,
+    sampler: Any = None,
 ) -> StepStats:
     """One min-min step: sample a width, pick its lowest-loss candidate, train it, step.
 
@@ -185,6 +186,8 @@ def minmin_step(
         progress: fraction of training done, in [0, 1] (for ``minmin_start``).
         scaler: a ``torch.amp.GradScaler`` for fp16 mixed precision, or None.
         autocast_dtype: ``torch.bfloat16``/``torch.float16`` to run forwards under autocast.
+        sampler: a :class:`~cafeslim.bins.sampling.WidthSampler` that draws the width with
+            ``rng`` (budget-aware sampling); None: uniform over each group's bins (Eq. 1).
 
     Returns:
         :class:`StepStats`.
@@ -202,7 +205,8 @@ def minmin_step(
     previous = net.spec
     optimizer.zero_grad(set_to_none=True)
     try:
-        k = tuple(int(v) for v in space.sample(rng, 1)[0])
+        k = tuple(int(v) for v in (sampler.sample(rng) if sampler is not None
+                                   else space.sample(rng, 1)[0]))
         extra: List[float] = []
         if cfg.sandwich:
             # Largest width: the full model, one candidate. Smallest: min-min like any width.

@@ -105,8 +105,9 @@ class _Trainer:
     """The state of one training run: model, optimizer, schedule, width RNG, step."""
 
     def __init__(self, supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
-                 run_dir: Path, info: Any, fp: Any) -> None:
+                 run_dir: Path, info: Any, fp: Any, sampler: Any = None) -> None:
         self.supernet, self.space, self.data, self.cfg, self.info = supernet, space, data, cfg, info
+        self.sampler = sampler
         self.ckpt_path, self.fp, self.config = run_dir / CHECKPOINT, fp, to_dict(cfg)
         self.device = info.device
         self.autocast_dtype, self.scaler = amp_setup(cfg, self.device)
@@ -172,7 +173,7 @@ class _Trainer:
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         stats = minmin_step(model, self.space, images, targets, loss_fn, self.optimizer, self.cfg,
                             self.rng, self.step / self.total, scaler=self.scaler,
-                            autocast_dtype=self.autocast_dtype)
+                            autocast_dtype=self.autocast_dtype, sampler=self.sampler)
         self.scheduler.step()
         self.step += 1
         return lr, stats
@@ -214,7 +215,8 @@ class _Trainer:
 def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
                    run_dir: Union[str, Path], resume: bool = False, progress: bool = True, *,
                    model_name: Optional[str] = None,
-                   callback: Optional[Callable[[int, StepStats], None]] = None) -> TrainResult:
+                   callback: Optional[Callable[[int, StepStats], None]] = None,
+                   sampler: Any = None) -> TrainResult:
     """Train a supernet with min-min steps, checkpointing into ``run_dir``.
 
     Args:
@@ -228,6 +230,8 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
         progress: draw a progress bar (rank 0 only).
         model_name: recorded in the checkpoint fingerprint (default: the model's class name).
         callback: called on every rank after every step as ``callback(step, stats)``.
+        sampler: draws each step's width (:class:`~cafeslim.bins.sampling.WidthSampler`,
+            budget-aware sampling; its FLOPs fraction is logged); None: uniform (Eq. 1).
 
     Returns:
         A :class:`TrainResult`.
@@ -249,7 +253,7 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
     fp = fingerprint(model_name or type(getattr(supernet, "model", supernet)).__name__,
                      supernet.graph, space)
     ckpt = _open_checkpoint(run_dir, resume, fp, to_dict(cfg), info.world_size)
-    t = _Trainer(supernet, space, data, cfg, run_dir, info, fp)
+    t = _Trainer(supernet, space, data, cfg, run_dir, info, fp, sampler)
     if ckpt is not None:
         t.restore(ckpt)
         del ckpt  # a second copy of the weights: free it before training
@@ -261,7 +265,7 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
     resumed_from = t.step if resume else None
     global_batch = data.batch_size * info.world_size
     log = MetricsLog(run_dir / METRICS, info.main, resume, t.step, t.total, progress,
-                     global_batch, space, data)
+                     global_batch, space, data, sampler=sampler)
     t0, n_start = time.perf_counter(), t.step
     try:
         t.loop(model, log, callback)

@@ -107,13 +107,15 @@ class MetricsLog:
     """
 
     def __init__(self, path: Path, main: bool, resume: bool, step: int, total: int,
-                 progress: bool, global_batch: int, space: Any, data: Any) -> None:
+                 progress: bool, global_batch: int, space: Any, data: Any,
+                 sampler: Any = None) -> None:
         if main:
             if resume:
                 truncate_metrics(path, step)
             elif path.exists():
                 path.unlink()  # a fresh run in a folder with an old log but no checkpoint
         self.space, self.data, self.total, self.global_batch = space, data, total, global_batch
+        self.sampler = sampler  # its FLOPs model says where the sampled widths were
         self.bar = Progress(progress and main, total, step)
         self.fh = open(path, "a", encoding="utf-8") if main else None
         self.last_t = time.perf_counter()
@@ -133,11 +135,13 @@ class MetricsLog:
         ips = len(self.losses) * self.global_batch / max(now - self.last_t, 1e-9)
         self.final_loss = float(np.mean(self.losses))
         if self.fh is not None:
-            self.fh.write(json.dumps({
-                "step": step, "epoch": round(step / spe, 4), "loss": self.final_loss, "lr": lr,
-                "img_s": round(ips, 2), "widths": width_summary(self.space, self.widths),
-                "fixed_pattern": round(self.chosen.count(0) / len(self.chosen), 4),
-                "candidates": stats.n_candidates, "bad_images": self.data.bad_images}) + "\n")
+            line = {"step": step, "epoch": round(step / spe, 4), "loss": self.final_loss, "lr": lr,
+                    "img_s": round(ips, 2), "widths": width_summary(self.space, self.widths),
+                    "fixed_pattern": round(self.chosen.count(0) / len(self.chosen), 4),
+                    "candidates": stats.n_candidates, "bad_images": self.data.bad_images}
+            if self.sampler is not None:  # mean FLOPs of the sampled widths / full
+                line["flops_frac"] = round(float(self.sampler.flops_fraction(self.widths).mean()), 4)
+            self.fh.write(json.dumps(line) + "\n")
             self.fh.flush()
         self.bar.update(step, self.final_loss, lr, ips)
         self.last_t, self.losses, self.widths, self.chosen = now, [], [], []

@@ -101,3 +101,46 @@ def test_export_run_rejects_model_options(tmp_path, run, one_error_line):
     one_error_line(run("export", "tv:resnet18", "--budget", "50%", "--out", tmp_path / "o"),
                    "--budget")
     one_error_line(run("eval", tmp_path / "missing"), "does not exist")
+
+
+def _result(method):
+    row = {"budget": "50%", "flops": 2e6, "flops_ratio": 0.49, "params": 2e5, "params_ratio": 0.5,
+           "top1": 0.1234, "evaluated": 1}
+    return {"model": MODEL, "method": method, "full": {"flops": 4e6, "params": 4e5},
+            "seconds": 3.0, "budgets": [row]}
+
+
+@pytest.mark.parametrize("method", ["cafenet", "uniform"])
+def test_search_table_labels_the_selection_score(method, capsys):
+    from pathlib import Path
+
+    from cafeslim.cli.search import render_result
+
+    render_result(Path("runs/x"), _result(method))
+    text = " ".join(capsys.readouterr().out.split())
+    assert "D_val score (selection)" in text and "not the model's accuracy" in text
+    assert "cafeslim train runs/x" in text and "cafeslim eval runs/x/train" in text
+    # Uniform trains no weights: its chance-level D_val top-1 is never printed.
+    assert ("12.34%" in text) == (method != "uniform")
+    assert ("not trained" in text) == (method == "uniform")
+
+
+def test_random_and_sampling_flags_resolve():
+    s = resolve_settings(MODEL, {"search": {"random_n": 5}, "train": {"sampling": "mixed"}}, None,
+                         flags(search={"flops": "50%", "method": "random", "random_epochs": 2},
+                               train={"sampling_mix": 0.25}))
+    assert (s.search.method, s.search.random_n, s.search.random_epochs) == ("random", 5, 2)
+    assert (s.train.sampling, s.train.sampling_mix) == ("mixed", 0.25)
+    assert str(default_run_dir(s)) == "runs/test_resnet-50pct-random"
+    with pytest.raises(ConfigError, match="random trains no supernet"):
+        resolve_settings(MODEL, None, None, flags(search={"method": "random", "stages": 2}))
+    with pytest.raises(ConfigError, match="invalid value 'budgets' for sampling"):
+        resolve_settings(MODEL, None, None, flags(train={"sampling": "budgets"}))
+
+
+def test_random_and_sampling_flags_on_the_command_line(tmp_path, run, one_error_line):
+    one_error_line(run("search", MODEL, "--flops", "50%", "--method", "random", "--random-n", "3",
+                       "--random-epochs", "1", "--stages", "2", "--out", tmp_path / "r"),
+                   "random trains no supernet")
+    one_error_line(run("search", MODEL, "--flops", "50%", "--sampling", "mixed",
+                       "--sampling-mix", "2", "--out", tmp_path / "r"), "sampling_mix")

@@ -78,6 +78,11 @@ def test_run_directory_is_complete(finished):
     assert all(r["flops"] <= hi for r in records)
     assert set(b["widths"]) == {str(g["id"]) for g in result["groups"]}
     assert json.loads((run / "result.json").read_text()) == result
+    # D_val top-1 is labelled as the selection score, and the accuracy to quote is named.
+    report = (run / "report.md").read_text()
+    assert "D_val score (selection)" in report and "D_val top-1 |" not in report
+    assert f"cafeslim train {run}" in report and b["selection_score"] == b["top1"]
+    assert result["score"]["trained"] is True and "not the model's accuracy" in result["score"]["note"]
 
 
 def test_export_reproduces_the_search(finished, tmp_path):
@@ -173,6 +178,11 @@ def test_uniform_baseline_needs_no_supernet(tmp_path):
     # No checkpoint: export rebuilds the seeded initial weights and reproduces the top-1.
     rep = export_run(tmp_path / "run", "30%", formats=("pt",))
     assert rep.top1("slimmed") == rows[1]["top1"] and rep.out_dir == tmp_path / "run/export/30pct"
+    # Its D_val score is chance (untrained weights): shown as "not trained", never as a number.
+    assert res.result["score"]["trained"] is False and rows[0]["selection_score"] is None
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "D_val score (selection)" in report and "not trained" in report
+    assert f"{100 * rows[0]['top1']:.2f}%" not in report
 
 
 @pytest.mark.slow

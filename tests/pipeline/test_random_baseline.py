@@ -53,6 +53,9 @@ def test_chosen_width_is_in_the_window_and_the_argmax(finished):
     assert entry["k"] == best["k"] and entry["top1"] == best["top1"]
     assert res.result["method"] == "random" and entry["checkpoint"] is None
     assert not (res.run_dir / RANDOM_DIR).exists() and not (res.run_dir / "last.pt").exists()
+    report = (res.run_dir / "report.md").read_text()
+    assert "trained stand-alone and scored on D_val" in report
+    assert f"{100 * best['top1']:.2f}%" in report and entry["selection_score"] == best["top1"]
 
 
 def test_resume_does_not_retrain_a_finished_candidate(finished):

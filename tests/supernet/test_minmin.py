@@ -250,3 +250,18 @@ def test_ddp_ranks_agree(tmp_path):
     assert any(len(c[2]) > 1 for c in r0["chosen"])  # a real selection happened
     for k in r0["params"]:
         assert torch.equal(r0["params"][k], r1["params"][k]), k
+
+
+def test_a_sampler_draws_the_width_with_the_step_rng():
+    from cafeslim.bins.sampling import WidthSampler
+    from cafeslim.flops import FlopsModel
+
+    net, space, opt, x, y = setup()
+    fm = FlopsModel(net.graph)
+    sampler = WidthSampler(space, fm, [0.5 * fm.full], mode="budget", seed=0)
+    for step in range(3):
+        want = sampler.sample(np.random.default_rng(step))
+        stats = minmin_step(net, space, x, y, F.cross_entropy, opt, MinMinConfig(offset=1),
+                            np.random.default_rng(step), 0.0, sampler=sampler)
+        assert stats.widths == tuple(int(v) for v in want)
+        assert 0.97 * 0.5 <= sampler.flops_fraction([want])[0] <= 0.5

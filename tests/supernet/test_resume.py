@@ -117,3 +117,41 @@ def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(tmp_path):
     # The log reads as one run: every step once, with the same losses, rates and widths.
     assert _metrics(reference) == _metrics(killed)
     assert not list(killed.glob(".last.pt.*.tmp"))  # a save torn by the kill is cleaned up
+
+
+def _budget_training(run: Path, cfg: TrainConfig, resume: bool = False, callback=None):
+    """Training with budget-aware sampling, its sampler built as ``cafeslim search`` does."""
+    from cafeslim.bins.sampling import make_sampler
+    from cafeslim.config import SearchConfig
+
+    b = start_run(RunSettings(MODEL, train=cfg, search=SearchConfig(flops="50%")), run,
+                  resume=resume)
+    sampler = make_sampler(b.space, b.fm, b.budgets, b.settings.train, cfg.seed)
+    net = Supernet(b.info.model, b.graph, b.space)
+    return train_supernet(net, b.space, b.data, b.settings.train, run, resume=resume,
+                          progress=False, model_name=b.info.name, callback=callback,
+                          sampler=sampler)
+
+
+def test_resume_is_exact_with_budget_sampling(tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(CFG, max_steps=8, sampling="budget", candidates=0, select_batch=1.0)
+
+    def stop(step, stats):
+        if step == 5:
+            raise KeyboardInterrupt  # Ctrl-C between two steps: last.pt of step 5
+
+    with pytest.raises(KeyboardInterrupt):
+        _budget_training(tmp_path / "cut", cfg, callback=stop)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 5
+    resumed = _budget_training(tmp_path / "cut", cfg, resume=True)
+    assert (resumed.resumed_from, resumed.steps) == (5, 8)
+    _budget_training(tmp_path / "ref", cfg)
+    a, b = (load_checkpoint(tmp_path / d / "last.pt")["model"] for d in ("ref", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(l) for l in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    # Every sampled width is inside the 50 % window: the logged mean FLOPs fraction is ~0.5.
+    assert all(0.97 * 0.5 - 1e-6 <= l["flops_frac"] <= 0.5 + 1e-6 for l in lines)
+    # The interrupting callback ran before step 5 was logged: every other line is the same.
+    assert [m for m in _metrics(tmp_path / "ref") if m[0] != 5] == _metrics(tmp_path / "cut")
