@@ -146,8 +146,14 @@ def unit_run(a: Dict[str, Any], name: str, method: str, searcher: str,
     return _cached(Path(a["work"]) / "units" / f"run-{name}.json", go)
 
 
-def unit_research(a: Dict[str, Any], name: str, base: str, searcher: str) -> Dict[str, Any]:
-    """Search the supernet of run ``base`` again with another searcher (CafeNet-R)."""
+def unit_research(a: Dict[str, Any], name: str, base: str, searcher: str,
+                  src_work: Optional[str] = None) -> Dict[str, Any]:
+    """Search the trained supernet of run ``base`` again: with another searcher (CafeNet-R),
+    or (``src_work``: another benchmark's work folder) under this benchmark's budgets.
+
+    The second is exact when the supernet's training does not depend on the budgets (every
+    ``--sampling uniform`` run): it is then the very supernet a run with these budgets trains.
+    Waits for that run to finish when it is still training."""
     import shutil
 
     from cafeslim.config import dump_yaml, load_settings
@@ -158,15 +164,18 @@ def unit_research(a: Dict[str, Any], name: str, base: str, searcher: str) -> Dic
     from cafeslim.supernet import Supernet
     from cafeslim.supernet.checkpoint import load_checkpoint
 
-    src, run_dir = Path(a["work"]) / "runs" / base, Path(a["work"]) / "runs" / name
+    src = Path(src_work or a["work"]) / "runs" / base
+    run_dir = Path(a["work"]) / "runs" / name
 
     def go() -> Dict[str, Any]:
         from dataclasses import replace
 
+        while not (src.parent.parent / "units" / f"run-{base}.json").is_file():
+            time.sleep(20)
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         s = load_settings(src)
-        s = replace(s, search=replace(s.search, searcher=searcher))
+        s = replace(s, search=replace(s.search, searcher=searcher, flops=a["budgets"]))
         b = build(s)
         for f in ("last.pt", "graph.json", "bins.json", "metrics.jsonl"):
             if (src / f).exists():
@@ -330,10 +339,15 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
         runs["random"] = ("random", "evolution", None)
     vectors = sample_vectors(a, default)
     seeds = list(range(a["standalone_seeds"]))
-    phase1 = [(unit_run, (a, n, *spec)) for n, spec in runs.items()]
+    shared = {n for n, spec in runs.items() if a["supernets_from"] and spec[0] != "random"
+              and spec[0] != "uniform" and (spec[2] or "uniform") == "uniform"}
+    # Shared supernets last: they may wait for the other benchmark to finish training them.
+    order = [n for n in runs if n not in shared] + sorted(shared)
+    phase1 = [(unit_run, (a, n, *runs[n])) if n not in shared else
+              (unit_research, (a, n, n, runs[n][1], a["supernets_from"])) for n in order]
     phase1 += [(unit_standalone, (a, v, s)) for v in vectors for s in seeds]
     done = _map(a["jobs"], phase1)
-    run_out = dict(zip(runs, done[:len(runs)]))
+    run_out = dict(zip(order, done[:len(runs)]))
     for v, i in zip(vectors, range(len(runs), len(done), len(seeds))):
         v["top1"] = [r["test_top1"] for r in done[i:i + len(seeds)]]
     run_out["cafenet-R"] = unit_research(a, "cafenet-R", base, "random")
@@ -423,6 +437,9 @@ def parse(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--sampling", default=None,
                    help="comma-separated --sampling modes for (b) (default: all)")
     p.add_argument("--jobs", type=int, default=1, help="single-threaded worker processes")
+    p.add_argument("--supernets-from", default=None, metavar="WORK",
+                   help="reuse the budget-independent supernets (fixed, and CafeNet with "
+                        "--sampling uniform) another benchmark's work folder trains")
     p.add_argument("--work", default=None, help="cache folder (default runs/search_quality/...)")
     p.add_argument("--json", default=None, help="results file (default benchmarks/results/...)")
     p.add_argument("--quick", action="store_true", help="a smoke test: " + json.dumps(QUICK))
