@@ -34,15 +34,20 @@ SMALL_IMAGE = 64  # at most this many pixels a side: the padded crop is the defa
 def resolve_aug(aug: Optional[str], source: str, size: int) -> str:
     """The augmentation an ``aug`` setting means for a data source at an input size.
 
-    ``None`` (a settings object without the field, e.g. the supernet's) keeps the historical
-    behaviour: none for the demo, timm's for folders.
+    ``None`` (a settings object without the field, e.g. the supernet's): none for the
+    built-in digits (unaugmented, as they always were), the padded crop for folders of small
+    images and timm's for the others. Folders of small images used to get timm's too, and a
+    supernet then did not learn: on ``demo-hard`` written as a folder (32 px), 3 epochs of
+    the default ``search`` left the loss at chance (docs/search_quality.md).
 
     Example:
-        >>> resolve_aug(None, "demo", 64), resolve_aug("auto", "DIR", 32)
-        ('none', 'shift')
+        >>> resolve_aug(None, "demo", 64), resolve_aug(None, "DIR", 32), resolve_aug(None, "DIR", 224)
+        ('none', 'shift', 'timm')
     """
     if aug is None:
-        return "none" if source in _BUILTIN else "timm"
+        if source in _BUILTIN:
+            return "none"
+        return "shift" if size <= SMALL_IMAGE else "timm"
     if aug != "auto":
         return aug
     return "shift" if source in _BUILTIN or size <= SMALL_IMAGE else "timm"
