@@ -109,14 +109,47 @@ def standalone_path(model: str, data: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- work units
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _cached(path: Path, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
-    if path.is_file():
-        return json.loads(path.read_text())
-    t0 = time.perf_counter()
-    out = {**fn(), "seconds": round(time.perf_counter() - t0, 1)}
+    """``fn()``'s result, computed once: cached in ``path``, guarded by ``path.lock`` so that
+    several benchmark processes can share one work folder (a unit another live process is
+    computing is waited for; the lock of a dead process is taken over)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
-    return out
+    lock = path.with_suffix(".lock")
+    while not path.is_file():
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and not _alive(owner):
+                lock.unlink(missing_ok=True)
+            else:
+                time.sleep(10)
+            continue
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            t0 = time.perf_counter()
+            out = {**fn(), "seconds": round(time.perf_counter() - t0, 1)}
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(out))
+            tmp.replace(path)
+            return out
+        finally:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+    return json.loads(path.read_text())
 
 
 def _settings(a: Dict[str, Any], method: str, searcher: str, sampling: Optional[str]) -> Any:
@@ -132,13 +165,18 @@ def _settings(a: Dict[str, Any], method: str, searcher: str, sampling: Optional[
 def unit_run(a: Dict[str, Any], name: str, method: str, searcher: str,
              sampling: Optional[str]) -> Dict[str, Any]:
     """``cafeslim search`` of one setting in ``WORK/runs/NAME`` (cached)."""
+    from cafeslim.errors import CafeslimError
     from cafeslim.pipeline import run_search
 
     run_dir = Path(a["work"]) / "runs" / name
 
     def go() -> Dict[str, Any]:
-        res = run_search(_settings(a, method, searcher, sampling), run_dir, force=True,
-                         progress=False).result
+        settings = _settings(a, method, searcher, sampling)
+        try:  # an interrupted benchmark: continue the run where it stopped
+            res = run_search(settings, run_dir, resume=(run_dir / "config.yaml").is_file(),
+                             progress=False).result
+        except CafeslimError:
+            res = run_search(settings, run_dir, force=True, progress=False).result
         return {"run_dir": str(run_dir), "train": res.get("train"), "search": res.get("search"),
                 "full_flops": res["full"]["flops"],
                 "budgets": [{k: b[k] for k in ("budget", "top1", "flops", "k")} for b in res["budgets"]]}
