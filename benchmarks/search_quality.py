@@ -245,7 +245,7 @@ def _recipe(a: Dict[str, Any], epochs: int, seed: int) -> Any:
 def unit_retrain(a: Dict[str, Any], run: str, budget: Optional[str], seed: int) -> Dict[str, Any]:
     """``cafeslim train RUN --budget B --seed S --init scratch`` (cached); run ``full``: the
     original model itself (``cafeslim train MODEL``), the reference the budgets shrink."""
-    from cafeslim.training import train_target
+    from cafeslim.training.run import train_target
 
     # The full model does not depend on the budgets: one cache for every benchmark of the model.
     work = Path(a["work"]) if run != "full" else Path(a["work"]).parent / f"full-{a['slug']}-e{a['epochs']}"
