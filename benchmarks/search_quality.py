@@ -52,6 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = {"Uniform": ("uniform", "evolution"), "Random": ("random", "evolution"),
            "Fixed-E": ("fixed", "evolution"), "CafeNet-R": ("cafenet", "random"),
            "CafeNet-E": ("cafenet", "evolution")}
+REPORT_ONLY = [False]
 QUICK = {"budgets": "50%", "seeds": 2, "n_vectors": 6, "epochs": 3, "standalone_epochs": 2,
          "supernet_epochs": 2}
 
@@ -123,6 +124,8 @@ def _cached(path: Path, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
     """``fn()``'s result, computed once: cached in ``path``, guarded by ``path.lock`` so that
     several benchmark processes can share one work folder (a unit another live process is
     computing is waited for; the lock of a dead process is taken over)."""
+    if REPORT_ONLY[0]:  # --report-only: what is there, nothing computed
+        return json.loads(path.read_text()) if path.is_file() else None
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_suffix(".lock")
     while not path.is_file():
@@ -376,6 +379,7 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
     if method_available("random"):
         runs["random"] = ("random", "evolution", None)
     vectors = sample_vectors(a, default)
+    a["all_vectors"] = list(vectors)  # the scoring cache is keyed by the number sampled
     seeds = list(range(a["standalone_seeds"]))
     shared = {n for n, spec in runs.items() if a["supernets_from"] and spec[0] != "random"
               and spec[0] != "uniform" and (spec[2] or "uniform") == "uniform"}
@@ -385,34 +389,42 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
               (unit_research, (a, n, n, runs[n][1], a["supernets_from"])) for n in order]
     phase1 += [(unit_standalone, (a, v, s)) for v in vectors for s in seeds]
     done = _map(a["jobs"], phase1)
-    run_out = dict(zip(order, done[:len(runs)]))
+    run_out = {n: d for n, d in zip(order, done[:len(runs)]) if d}
     for v, i in zip(vectors, range(len(runs), len(done), len(seeds))):
-        v["top1"] = [r["test_top1"] for r in done[i:i + len(seeds)]]
-    run_out["cafenet-R"] = unit_research(a, "cafenet-R", base, "random")
+        v["top1"] = [r["test_top1"] for r in done[i:i + len(seeds)] if r]
+    vectors = [v for v in vectors if v["top1"]]  # (--report-only: the trained ones)
+    research = unit_research(a, "cafenet-R", base, "random") if base in run_out else None
+    if research:
+        run_out["cafenet-R"] = research
     table = {"Uniform": "uniform", "Random": "random", "Fixed-E": "fixed",
              "CafeNet-R": "cafenet-R", "CafeNet-E": base}
     table = {k: v for k, v in table.items() if v in run_out}
     budgets = [b.strip() for b in a["budgets"].split(",")]
     phase2 = [(unit_retrain, (a, run, b, s)) for run in table.values() for b in budgets
               for s in range(a["seeds"])]
-    scored = ["fixed"] + list(sup)
-    phase2 += [(unit_score, (a, run, vectors)) for run in scored]
+    scored = [r for r in ["fixed"] + list(sup) if r in run_out]
+    phase2 += [(unit_score, (a, run, a["all_vectors"])) for run in scored]
     phase2 += [(unit_retrain, (a, "full", None, s)) for s in range(a["full_seeds"])]
     done = _map(a["jobs"], phase2)
     n_tr = len(table) * len(budgets) * a["seeds"]
     retrain = {}
     for i, (run, b, s) in enumerate((r, b, s) for r in table.values() for b in budgets
                                     for s in range(a["seeds"])):
-        retrain.setdefault(run, {}).setdefault(b, []).append(done[i]["test_top1"])
-    scores = {run: d["fitness"] for run, d in zip(scored, done[n_tr:n_tr + len(scored)])}
-    retrain["full"] = [d["test_top1"] for d in done[n_tr + len(scored):]]
+        retrain.setdefault(run, {}).setdefault(b, [])
+        if done[i]:
+            retrain[run][b].append(done[i]["test_top1"])
+    scores = {run: d["fitness"] for run, d in zip(scored, done[n_tr:n_tr + len(scored)]) if d}
+    retrain["full"] = [d["test_top1"] for d in done[n_tr + len(scored):] if d]
     return {"runs": run_out, "table": table, "retrain": retrain, "vectors": vectors,
             "scores": scores, "budgets": budgets, "default_sampling": default}
 
 
-def _pct(values: Sequence[float]) -> str:
+def _pct(values: Sequence[float], want: int = 0) -> str:
     v = 100 * np.asarray(values, float)
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+    if not len(v):
+        return "–"
+    out = f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+    return out + (f" (n={len(v)})" if len(v) < want else "")
 
 
 def tables(doc: Dict[str, Any]) -> str:
@@ -423,15 +435,20 @@ def tables(doc: Dict[str, Any]) -> str:
                                        for b in doc["budgets"]) + " |",
              "|---|" + "---:|---:|---:|" * len(doc["budgets"])]
     for name, run in doc["table"].items():
+        if run not in doc["runs"]:
+            continue
         cells = []
         for i, b in enumerate(doc["budgets"]):
             r = doc["runs"][run]["budgets"][i]
-            cells += [f"{r['flops'] / 1e6:.3f}M", f"{100 * r['top1']:.1f}", _pct(doc["retrain"][run][b])]
+            score = "not trained" if run == "uniform" else f"{100 * r['top1']:.1f}"
+            cells += [f"{r['flops'] / 1e6:.3f}M", score,
+                      _pct(doc["retrain"].get(run, {}).get(b, []), doc["args"]["seeds"])]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if doc["retrain"].get("full"):
         full = doc["runs"]["uniform"]["full_flops"] if "full_flops" in doc["runs"]["uniform"] else None
         lines.append("| Full model (100% FLOPs) | " + " | ".join(
-            [f"{full / 1e6:.3f}M" if full else "", "", _pct(doc["retrain"]["full"])] * len(doc["budgets"])) + " |")
+            [f"{full / 1e6:.3f}M" if full else "", "", _pct(doc["retrain"]["full"], doc["args"]["full_seeds"])]
+            * len(doc["budgets"])) + " |")
     lines += ["", "### (b) Kendall τ, supernet max-max fitness vs stand-alone test top-1 "
               f"({doc['args']['standalone_epochs']} epochs), bootstrap 95% interval", "",
               "| supernet | " + " | ".join(doc["budgets"]) + " | all budgets |",
@@ -450,7 +467,10 @@ def taus(doc: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
     for run, fit in doc["scores"].items():
         per = {}
         for b in doc["budgets"] + ["all"]:
-            vs = [v for v in doc["vectors"] if b in ("all", v["budget"])]
+            vs = [v for v in doc["vectors"] if b in ("all", v["budget"]) and v["id"] in fit]
+            if len(vs) < 3:
+                per[b] = {"tau": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": len(vs)}
+                continue
             f, acc = [fit[v["id"]] for v in vs], [float(np.mean(v["top1"])) for v in vs]
             lo, hi = tau_interval(f, acc)
             per[b] = {"tau": kendall_tau(f, acc), "lo": lo, "hi": hi, "n": len(vs)}
@@ -481,6 +501,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument("--work", default=None, help="cache folder (default runs/search_quality/...)")
     p.add_argument("--json", default=None, help="results file (default benchmarks/results/...)")
     p.add_argument("--quick", action="store_true", help="a smoke test: " + json.dumps(QUICK))
+    p.add_argument("--report-only", action="store_true",
+                   help="tables from what the work folder holds; compute nothing")
     a = vars(p.parse_args(argv))
     if a.pop("quick"):
         a.update(QUICK)
@@ -499,18 +521,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python benchmarks/search_quality.py " + " ".join(map(shlex.quote, argv))
     print(command, flush=True)
     a = parse(argv)
+    REPORT_ONLY[0] = a["report_only"]
+    if a["report_only"]:
+        a["jobs"] = 1
     t0 = time.perf_counter()
     doc = run_all(a)
     doc["tau"] = taus(doc)
+    a.pop("all_vectors", None)
     doc.update(command=command, args=a, seconds=round(time.perf_counter() - t0, 1))
     print(tables(doc))
     RESULTS.mkdir(exist_ok=True)
     Path(a["json"]).write_text(json.dumps(doc, indent=1))
+    path = standalone_path(a["model"], a["data"])
+    rows = {r["id"]: r for r in (json.loads(path.read_text())["vectors"] if path.is_file() else [])}
+    rows.update({v["id"]: {k: v[k] for k in ("id", "budget", "k", "widths", "flops", "spec", "top1")}
+                 for v in doc["vectors"]})  # other budgets' vectors are kept
     alone = {"model": a["model"], "data": a["data"], "img_size": a["img_size"],
              "recipe": {"epochs": a["standalone_epochs"], "init": "scratch"},
-             "vectors": [{k: v[k] for k in ("id", "budget", "k", "widths", "flops", "spec", "top1")}
-                         for v in doc["vectors"]]}
-    standalone_path(a["model"], a["data"]).write_text(json.dumps(alone, indent=1))
+             "vectors": sorted(rows.values(), key=lambda r: r["id"])}
+    path.write_text(json.dumps(alone, indent=1))
     print(f"\nwrote {a['json']} and {standalone_path(a['model'], a['data'])} "
           f"({doc['seconds']:.0f} s)")
     return 0
