@@ -20,8 +20,9 @@ TargetArg = Annotated[str, typer.Argument(
     help="An export folder (model.pt/.pt2/.onnx + widths.json), a search run folder (its "
          "export/), one of those model files, or a model name (the original alone).")]
 DataOpt = Annotated[Optional[str], typer.Option(
-    "--data", metavar="demo|DIR", show_default=False,
-    help="Accuracy on DIR/val/ or the demo's held-out digits (default: the run's data).")]
+    "--data", metavar="demo|demo-hard|DIR", show_default=False,
+    help="Accuracy on DIR/val/ or the built-in data's held-out test split (default: the "
+    "run's data).")]
 BatchesOpt = Annotated[str, typer.Option(
     "--batch-sizes", metavar="LIST", help="Latency batch sizes, comma-separated.")]
 RepeatsOpt = Annotated[int, typer.Option(

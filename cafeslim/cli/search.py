@@ -39,9 +39,9 @@ def _opt(*names: str, help: str, **kw: Any) -> Any:  # noqa: A002 - typer's keyw
 FlopsOpt = Annotated[Optional[str], _opt("--flops", metavar="B", help=(
     "FLOPs budget(s): 2G, 300M, 50% (of the full model), 0.5x; several comma-separated "
     "(1G,2G) are searched on one supernet."))]
-DataOpt = Annotated[Optional[str], _opt("--data", metavar="demo|DIR", help=(
-    "demo (built-in digits, default) or an ImageNet-layout folder (train/CLASS/*, "
-    "optional val/)."))]
+DataOpt = Annotated[Optional[str], _opt("--data", metavar="demo|demo-hard|DIR", help=(
+    "demo (built-in digits, default), demo-hard (synthetic composites of them) or an "
+    "ImageNet-layout folder (train/CLASS/*, optional val/)."))]
 OutOpt = Annotated[Optional[Path], _opt("--out", metavar="DIR",
                                         help="Run folder (default runs/MODEL-BUDGET).")]
 ConfigOpt = Annotated[Optional[Path], _opt("--config", metavar="YAML", help=(

@@ -42,8 +42,8 @@ TargetArg = Annotated[str, typer.Argument(
     metavar="RUN|EXPORT|MODEL", show_default=False,
     help="A `cafeslim search` run folder (its chosen sub-network), an export folder, or a model "
          "name (trains the original, e.g. to make a teacher).")]
-DataOpt = Annotated[Optional[str], _o("--data", metavar="demo|DIR", help=(
-    "demo or an ImageNet-layout folder (train/, and val/ as the test split); default: the "
+DataOpt = Annotated[Optional[str], _o("--data", metavar="demo|demo-hard|DIR", help=(
+    "demo, demo-hard or an ImageNet-layout folder (train/, and val/ as the test split); default: the "
     "target's own data."))]
 BudgetOpt = Annotated[Optional[str], _o("--budget", metavar="B", help=(
     "RUN only: which of the run's budgets, if it searched several."))]

@@ -36,6 +36,10 @@ DEMO_TRAINED_START: Dict[str, Any] = {"lr": 0.02, "warmup_epochs": 0}
 erases what the original learned (fine-tuned 50% model 98.05% test top-1 against 99.16% at
 0.02, original 99.44%; docs/training.md)."""
 DEMO_IMG_SIZE = 64  # the digits are 8×8: a larger input only costs time
+DEMO_HARD = "demo-hard"
+BUILTIN_IMG_SIZE = {DEMO: DEMO_IMG_SIZE, DEMO_HARD: 32}
+"""The built-in data sets (``cafeslim.data``) and their default input size (the hard
+composites are drawn on a 32 px canvas). Both get :data:`DEMO_PRESET`."""
 _TOP = {"format", "model", "data", "pretrained", "weights", "train", "search", "bins"}
 
 
@@ -167,7 +171,7 @@ def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
     data = str(data or y.get("data") or DEMO)
     is_pretrained = bool(pretrained if pretrained else y.get("pretrained", False))
     weights = str(weights) if weights is not None else y.get("weights")
-    pre = dict(DEMO_PRESET) if preset and data == DEMO else {}
+    pre = dict(DEMO_PRESET) if preset and data in BUILTIN_IMG_SIZE else {}
     if pre and (is_pretrained or weights):
         pre["train"] = {**pre["train"], **DEMO_TRAINED_START}
     layer = {name: {**pre.get(name, {}), **section(y, name)} for name in ("train", "search", "bins")}
@@ -187,5 +191,6 @@ def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
         bins=resolve(BinsConfig, bins_flags, layer["bins"]))
 
 
-__all__ = ["CONFIG_FILE", "DEMO", "DEMO_IMG_SIZE", "DEMO_PRESET", "DEMO_TRAINED_START", "RUN_FORMAT", "RunSettings",
-           "default_order", "load_settings", "method_offset", "resolve_settings"]
+__all__ = ["BUILTIN_IMG_SIZE", "CONFIG_FILE", "DEMO", "DEMO_HARD", "DEMO_IMG_SIZE", "DEMO_PRESET",
+           "DEMO_TRAINED_START", "RUN_FORMAT", "RunSettings", "default_order", "load_settings",
+           "method_offset", "resolve_settings"]

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from .folders import seeded, split_key
 
+_BUILTIN = ("demo", "demo-hard")  # the in-memory digits (cafeslim.data.loaders.BUILTIN)
 SMALL_IMAGE = 64  # at most this many pixels a side: the padded crop is the default
 
 
@@ -38,9 +39,9 @@ def resolve_aug(aug: Optional[str], source: str, size: int, wants_timm: bool = F
     """The augmentation an ``aug`` setting means for a data source at an input size.
 
     ``None`` (a settings object without the field) keeps the historical behaviour: none for
-    the demo, timm's for folders. ``auto`` is ``timm`` when a timm-only setting was given
+    the built-in digits, timm's for folders. ``auto`` is ``timm`` when a timm-only setting was given
     (``wants_timm``: ``--scale``, ``--ratio``, ``--aa``, ``--reprob``), else ``shift`` for the
-    demo and images of at most :data:`SMALL_IMAGE` px, else ``timm``.
+    built-in digits and images of at most :data:`SMALL_IMAGE` px, else ``timm``.
 
     Example:
         >>> resolve_aug(None, "demo", 64), resolve_aug("auto", "DIR", 32)
@@ -49,12 +50,12 @@ def resolve_aug(aug: Optional[str], source: str, size: int, wants_timm: bool = F
         'timm'
     """
     if aug is None:
-        return "none" if source == "demo" else "timm"
+        return "none" if source in _BUILTIN else "timm"
     if aug != "auto":
         return aug
     if wants_timm:
         return "timm"
-    return "shift" if source == "demo" or size <= SMALL_IMAGE else "timm"
+    return "shift" if source in _BUILTIN or size <= SMALL_IMAGE else "timm"
 
 
 def default_shift(size: int) -> int:

@@ -34,11 +34,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..errors import DataError
 from ..models import ModelInfo
 from .augment import PadCrop, TimmOnTensors, default_shift, resolve_aug
+from .composite import DEMO_HARD, make_hard
 from .demo import DEMO_CLASSES, DigitsDataset, demo_splits, load_digit_images
 from .folders import FolderSplit, ImageFolder, Subset, scan_imagenet
 from .transforms import build_transforms, data_config
 
 DEMO = "demo"
+BUILTIN = (DEMO, DEMO_HARD)  # in-memory data sets made of the bundled digits
 _MASK64 = (1 << 64) - 1
 
 
@@ -165,7 +167,7 @@ def dataset_classes(data: str) -> Tuple[str, ...]:
         >>> len(dataset_classes("demo"))
         10
     """
-    if data == DEMO:
+    if data in BUILTIN:
         return DEMO_CLASSES
     return _scan(os.path.abspath(data))[0].classes
 
@@ -182,7 +184,7 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
     """Build the loaders of ``--data`` for a model, following its preprocessing.
 
     Args:
-        data: ``demo`` or a folder in ImageNet layout (``train/<class>/*``, optional ``val/``).
+        data: ``demo``, ``demo-hard`` (:mod:`.composite`) or a folder in ImageNet layout (``train/<class>/*``, optional ``val/``).
         info: the created model (input size, mean/std, interpolation, crop).
         cfg: a :class:`~cafeslim.config.TrainConfig` (or anything with ``batch_size``,
             ``workers``, ``seed``, ``val_split``, ``img_size`` and ``device``; optionally the
@@ -205,13 +207,12 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
     dcfg = data_config(info, cfg.img_size)
     augc = aug_of(cfg)
     bad = multiprocessing.Value("q", 0)
-    if data == DEMO:
-        images, labels = load_digit_images()
+    if data in BUILTIN:
+        images, labels, pool, test_idx = _builtin_images(data)
         full = DigitsDataset(images, labels, dcfg["input_size"], dcfg["mean"], dcfg["std"])
-        splits = demo_splits(labels.numpy())
         train_ds = eval_ds = full
-        pool, test_ds = splits.train, Subset(full, splits.test)
-        classes, workers, source = DEMO_CLASSES, 0, DEMO  # in memory: workers only add latency
+        test_ds = Subset(full, test_idx)
+        classes, workers, source = DEMO_CLASSES, 0, data  # in memory: workers only add latency
     else:
         train_split, val_split = _scan(os.path.abspath(data))
         train_tf, eval_tf = build_transforms(info, cfg.img_size, augc)
@@ -271,7 +272,7 @@ def _augmented(train_ds: Any, eval_ds: Any, augc: Any, source: str, info: ModelI
                        hflip=(augc.hflip or 0.0) if augc is not None else 0.0)
     if aug == "none":
         return eval_ds
-    if source == DEMO:  # tensors: timm's transform on each digit as an image
+    if source in BUILTIN:  # tensors: timm's transform on each digit as an image
         train_tf, _ = build_transforms(info, img_size, augc)
         return TimmOnTensors(eval_ds, train_tf, dcfg["mean"], dcfg["std"])
     return train_ds
@@ -299,6 +300,18 @@ def unsharded(loader: DataLoader) -> DataLoader:
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=whole,
                       num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                       persistent_workers=loader.persistent_workers, generator=gen)
+
+
+def _builtin_images(data: str) -> Tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """``(images, labels, training indices, test indices)`` of ``demo`` or ``demo-hard``."""
+    if data == DEMO:
+        images, labels = load_digit_images()
+        splits = demo_splits(labels.numpy())
+        return images, labels, splits.train, splits.test
+    h = make_hard()
+    n_tr, n_te = len(h.train_labels), len(h.test_labels)
+    return (torch.cat([h.train_images, h.test_images]), torch.cat([h.train_labels, h.test_labels]),
+            np.arange(n_tr), np.arange(n_tr, n_tr + n_te))
 
 
 def split_val(indices: Sequence[int], fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:

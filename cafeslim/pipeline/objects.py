@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, List, Optional
 
-from ..config import DEMO, DEMO_IMG_SIZE, RunSettings
+from ..config import BUILTIN_IMG_SIZE, DEMO_IMG_SIZE, RunSettings
 
 
 @dataclass(frozen=True)
@@ -72,18 +72,18 @@ class Built:
     data: Any = None
 
 
-def demo_size(info: Any) -> Optional[int]:
-    """64 px for the demo when the model accepts it (a fixed-size ViT does not)."""
+def demo_size(info: Any, size: int = DEMO_IMG_SIZE) -> Optional[int]:
+    """``size`` (64 px for the demo) when the model accepts it (a fixed-size ViT does not)."""
     import torch
 
-    if info.input_size[1] <= DEMO_IMG_SIZE:
+    if info.input_size[1] <= size:
         return None
     try:
         with torch.no_grad():
-            info.model(torch.zeros(1, info.input_size[0], DEMO_IMG_SIZE, DEMO_IMG_SIZE))
+            info.model(torch.zeros(1, info.input_size[0], size, size))
     except Exception:  # noqa: BLE001 - any failure means: keep the model's own size
         return None
-    return DEMO_IMG_SIZE
+    return size
 
 
 def build(settings: RunSettings, with_data: bool = True) -> Built:
@@ -105,7 +105,8 @@ def build(settings: RunSettings, with_data: bool = True) -> Built:
     seed_everything(t.seed)
     info = create(s.model, pretrained=s.pretrained, weights=s.weights,
                   num_classes=len(dataset_classes(s.data)))
-    size = demo_size(info) if t.img_size is None and s.data == DEMO else None
+    builtin = BUILTIN_IMG_SIZE.get(s.data)
+    size = demo_size(info, builtin) if t.img_size is None and builtin else None
     if size is not None:
         s = replace(s, train=replace(t, img_size=size))
     if s.train.img_size is not None:

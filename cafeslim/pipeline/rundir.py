@@ -19,7 +19,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import (CONFIG_FILE, DEMO, RESUMABLE_CHANGES, RunSettings, atomic_write,
+from ..config import (BUILTIN_IMG_SIZE, CONFIG_FILE, RESUMABLE_CHANGES, RunSettings, atomic_write,
                       ensure_empty_dir)
 from ..errors import CheckpointError, ConfigError
 
@@ -62,7 +62,7 @@ def check_resume(saved: RunSettings, new: RunSettings) -> RunSettings:
     Example:
         >>> check_resume(saved, replace(saved, train=replace(saved.train, workers=8)))  # doctest: +SKIP
     """
-    if new.data == DEMO and new.train.img_size is None:  # build() filled in the demo's size
+    if new.data in BUILTIN_IMG_SIZE and new.train.img_size is None:  # build() filled in the demo's size
         new = replace(new, train=replace(new.train, img_size=saved.train.img_size))
     old_d, new_d = saved.to_dict(), new.to_dict()
     diff = []

@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config import DEMO, load_settings
+from ..config import BUILTIN_IMG_SIZE, DEMO, load_settings
 from ..errors import CheckpointError, ConfigError
 
 
@@ -150,8 +150,8 @@ def original(t: Target, num_classes: int, img_size: Optional[int], *,
     info = create(t.source, pretrained=t.pretrained and weights,
                   weights=t.weights if weights else None, num_classes=num_classes)
     size = img_size if img_size is not None else t.img_size
-    if size is None and t.data in (None, DEMO):
-        size = demo_size(info)
+    if size is None and (t.data or DEMO) in BUILTIN_IMG_SIZE:
+        size = demo_size(info, BUILTIN_IMG_SIZE[t.data or DEMO])
     return at_size(info, size) if size is not None else info
 
 

@@ -66,7 +66,10 @@ def test_ema_moves_towards_the_model():
 
 def test_pad_crop_shift_is_seeded_and_default_for_small_images():
     assert resolve_aug("auto", "demo", 64) == "shift" and resolve_aug("auto", "DIR", 224) == "timm"
-    assert resolve_aug(None, "demo", 64) == "none"  # the supernet's settings: unchanged
+    # Small-image folders: timm's crop kept the supernet at chance on demo-hard at 32 px.
+    assert resolve_aug("auto", "demo-hard", 32) == "shift" and resolve_aug("auto", "DIR", 32) == "shift"
+    # Settings without the field (run folders of before): what they trained with.
+    assert resolve_aug(None, "demo", 64) == "none" and resolve_aug(None, "DIR", 32) == "timm"
     ds = PadCrop(DigitsDataset(*load_digit_images(), (3, 32, 32), (0.5,), (0.5,)), pad=2)
     a, b = ds[(5, 11)][0], ds[(5, 11)][0]
     shifted = [ds[(5, s)][0] for s in range(8)]
