@@ -223,8 +223,29 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
     report.uniform_half_flops_ratio = float(fm.flops(half) / fm.full) if fm.full else None
     with torch.no_grad():
         ref_full = probe(example_input)
-    rng = np.random.default_rng(seed)
     tally = _Tally()
+    if not _check_specs(report, probe, graph, fm, example_input, ref_full, full_flops, tally,
+                        n_specs=n_specs, seed=seed, formats=formats, whole=whole):
+        return report
+    details.setdefault("runs", f"{n_specs} specs")
+    names = leaf_names(ref_full)
+    details.setdefault("output_shape", f"{_shape(ref_full)}" if len(names) == 1 else
+                       f"{_shape(ref_full)}; every property compares all {len(names)} tensor "
+                       f"leaves: {', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
+    report.leaves = names
+    _finish(report, tally)
+    return report
+
+
+def _check_specs(report: CheckReport, probe: nn.Module, graph: ChannelGraph, fm: Any,
+                 example_input: torch.Tensor, ref_full: Any, full_flops: float, tally: "_Tally", *,
+                 n_specs: int, seed: int, formats: bool,
+                 whole: Optional[Tuple[nn.Module, str, Tuple[Any, ...]]]) -> bool:
+    """Slim at ``n_specs`` random specs and check each; False when a slimmed model does not run."""
+    from ..flops import count_flops
+
+    st, details = report.statuses, report.details
+    rng = np.random.default_rng(seed)
     for i in range(n_specs):
         spec = random_spec(graph, rng, prefix=(i % 2 == 0))
         try:
@@ -237,7 +258,7 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
             details["runs"] = f"spec {i}: {type(exc).__name__}: {_first_line(exc)}"
             _mark(st, details, [p for p in st if p not in ("searchable", "runs")], NOT_VERIFIED,
                   "slimmed model does not run")
-            return report
+            return False
         if _shape(out) != _shape(ref_full):
             st["output_shape"] = FAILED
             details["output_shape"] = f"{_shape(out)} != {_shape(ref_full)}"
@@ -250,14 +271,7 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
             _check_formats(small, example_input, out, seed, report)
         if i == 0 and whole is not None:
             _check_whole(report, whole, probe, graph, spec)
-    details.setdefault("runs", f"{n_specs} specs")
-    names = leaf_names(ref_full)
-    details.setdefault("output_shape", f"{_shape(ref_full)}" if len(names) == 1 else
-                       f"{_shape(ref_full)}; every property compares all {len(names)} tensor "
-                       f"leaves: {', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
-    report.leaves = names
-    _finish(report, tally)
-    return report
+    return True
 
 
 def _check_whole(report: CheckReport, whole: Tuple[nn.Module, str, Tuple[Any, ...]], probe: nn.Module,

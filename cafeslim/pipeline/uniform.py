@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -96,7 +96,6 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
         >>> rep.flops_after / rep.flops_before                                             # doctest: +SKIP
         0.49...
     """
-    from ..bins import channel_order, channel_space, min_space_flops, parse_budget, uniform_widths
     from ..flops import count_flops, count_params
 
     given = [fraction is not None, flops is not None, widths_file is not None]
@@ -110,23 +109,7 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
 
     a = analyze_info(info)
     x, graph, fm = a.example, a.graph, a.fm
-    extra: Dict[str, Any] = {"method": "uniform", "order": order}
-    budget = None
-    if widths_file is not None:
-        spec = read_widths_json(widths_file, graph)["index_spec"]
-        extra.update(method="widths", widths_file=str(widths_file))
-    else:
-        orders = channel_order(graph, info.analysed, order)
-        space = channel_space(graph, fm, order=orders)
-        if fraction is not None:
-            k = np.array([max(1, int(np.floor(float(fraction) * g.channels + 0.5)))
-                          for g in space.groups], dtype=np.int64)
-            extra["fraction"] = float(fraction)
-        else:
-            budget = parse_budget(flops, fm.full, min_space_flops(space, fm))
-            k = uniform_widths(space, fm, budget, low=low)
-            extra.update(budget=budget, budget_text=str(flops), window=[low * budget, budget])
-        spec = space.fixed_spec(k)
+    spec, extra, budget = _uniform_spec(info, graph, fm, fraction, flops, widths_file, order, low)
 
     # A model traced in part (detection): the part is slimmed inside the whole model, FLOPs
     # are the traced part's, and the whole model is what model.pt holds.
@@ -150,3 +133,26 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
         params_before=count_params(info.model), params_after=count_params(small), files=files,
         widths=graph.widths_of(spec), flops_predicted=predicted, budget=budget,
         errors=dict(res.errors), result=res)
+
+
+def _uniform_spec(info: "ModelInfo", graph: Any, fm: Any, fraction: Optional[float],
+                  flops: Union[str, float, None], widths_file: Optional[PathLike], order: str,
+                  low: float) -> Tuple[Any, Dict[str, Any], Optional[float]]:
+    """``(IndexSpec, widths.json extras, budget)`` of a fraction, a budget or a widths file."""
+    from ..bins import channel_order, channel_space, min_space_flops, parse_budget, uniform_widths
+
+    extra: Dict[str, Any] = {"method": "uniform", "order": order}
+    if widths_file is not None:
+        extra.update(method="widths", widths_file=str(widths_file))
+        return read_widths_json(widths_file, graph)["index_spec"], extra, None
+    space = channel_space(graph, fm, order=channel_order(graph, info.analysed, order))
+    budget = None
+    if fraction is not None:
+        k = np.array([max(1, int(np.floor(float(fraction) * g.channels + 0.5)))
+                      for g in space.groups], dtype=np.int64)
+        extra["fraction"] = float(fraction)
+    else:
+        budget = parse_budget(flops, fm.full, min_space_flops(space, fm))
+        k = uniform_widths(space, fm, budget, low=low)
+        extra.update(budget=budget, budget_text=str(flops), window=[low * budget, budget])
+    return space.fixed_spec(k), extra, budget
