@@ -251,32 +251,7 @@ class Fitness(CachedFitness):
         return [(c / total, total) for c in correct]
 
     def _top1(self, spec: Optional[Mapping[int, Sequence[int]]]) -> Tuple[float, int]:
-        net = self.net
-        modes = [(m, m.training) for m in net.modules()]
-        previous = net.spec
-        correct = total = 0
-        try:
-            net.eval()
-            net.set_subnet(spec)
-            with torch.inference_mode():
-                for batch in self.val:
-                    x, y = _xy(batch)
-                    x = x.to(self.device, non_blocking=True)
-                    if self.channels_last and x.dim() == 4:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    out = net(x)
-                    if isinstance(out, (tuple, list)):
-                        out = out[0]
-                    correct += int((out.argmax(1).cpu() == y.view(-1).cpu()).sum())
-                    total += int(y.numel())
-        finally:
-            net.set_subnet(previous)
-            for m, mode in modes:
-                m.training = mode
-        if total == 0:
-            raise DataError("the D_val loader is empty: nothing to evaluate the search on")
-        return correct / total, total
-
+        return self._top1_many([spec])[0]  # one spec: the sequential forward
 
 def _counted(batches: Iterable[Any], counter: List[int]) -> Iterator[Any]:
     """Pass batches through, adding their image counts to ``counter[0]``."""

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..export.slim import patched_attributes
-from .gather import GatherOp, gather
+from .gather import GatherOp, gather, owned_tensor
 
 BATCH_MODES = ("auto", "on", "off", "probe")
 
@@ -145,11 +145,7 @@ def stacked_state(net: Any, keys: Sequence[Any], skip: Sequence[str] = ()
     for qualname, (owner, name, ops) in preps[0].ops.items():
         if qualname in skip:
             continue
-        t = owner._parameters.get(name)
-        if t is None:
-            t = owner._buffers.get(name)
-        if t is None:
-            t = getattr(owner, name)
+        t = owned_tensor(owner, name)
         plans = [p.ops[qualname][2] for p in preps]
         if all(_same_plan(plans[0], p) for p in plans[1:]):
             state[qualname], dims[qualname] = gather(t, ops), None

@@ -62,3 +62,11 @@ def gather(t: torch.Tensor, ops: Sequence[_Op]) -> torch.Tensor:
         else:
             t = t.index_select(op.axis, op.index)
     return t
+
+
+def owned_tensor(owner: torch.nn.Module, name: str) -> torch.Tensor:
+    """The full-width parameter, buffer or plain tensor attribute ``name`` of ``owner``."""
+    t = owner._parameters.get(name)
+    if t is None:
+        t = owner._buffers.get(name)
+    return getattr(owner, name) if t is None else t

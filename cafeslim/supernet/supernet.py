@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..export.slim import module_attributes, patched_attributes, slim
 from ..graph.indices import Indices, gather_indices
 from ..graph.channel_graph import ChannelGraph, IndexSpec
-from .gather import GatherOp, gather, gather_ops
+from .gather import GatherOp, gather, gather_ops, owned_tensor
 
 SpecKey = Tuple[Tuple[int, Tuple[int, ...]], ...]
 """Hashable form of an IndexSpec: only the groups that lose channels; ``()`` is the full model."""
@@ -259,12 +259,7 @@ class Supernet(nn.Module):
         for qualname, (owner, name, ops) in prep.ops.items():
             if qualname in skip:
                 continue
-            t = owner._parameters.get(name)
-            if t is None:
-                t = owner._buffers.get(name)
-            if t is None:
-                t = getattr(owner, name)
-            out[qualname] = gather(t, ops)
+            out[qualname] = gather(owned_tensor(owner, name), ops)
         return out
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
