@@ -270,22 +270,10 @@ def _check_specs(report: CheckReport, probe: nn.Module, graph: ChannelGraph, fm:
         if i == 0 and formats:
             _check_formats(small, example_input, out, seed, report)
         if i == 0 and whole is not None:
-            _check_whole(report, whole, probe, graph, spec)
+            from .whole import check_whole
+
+            check_whole(report, whole, probe, graph, spec)
     return True
-
-
-def _check_whole(report: CheckReport, whole: Tuple[nn.Module, str, Tuple[Any, ...]], probe: nn.Module,
-                 graph: ChannelGraph, spec: IndexSpec) -> None:
-    """The whole model's final outputs with the slimmed part vs with the masked reference."""
-    from .whole import compare_whole, with_part
-
-    model, part, inputs = whole
-    try:
-        report.final = compare_whole(with_part(model, part, probe), part, graph, spec, inputs)
-    except Exception as exc:  # the whole model does not run with the slimmed part
-        report.final = {"status": FAILED, "detail": f"{type(exc).__name__}: {_first_line(exc)}"}
-    report.statuses["final_outputs"] = report.final["status"]
-    report.details["final_outputs"] = report.final["detail"]
 
 
 def _mark(st: Dict[str, str], details: Dict[str, str], props, status: str, why: str) -> None:

@@ -245,3 +245,17 @@ def export_whole(small: nn.Module, part: str, x: torch.Tensor, inputs: Tuple[Any
 
 
 __all__ = ["FINAL_RTOL", "WHOLE_EXPORT_GAPS", "compare_whole", "export_whole", "low_thresholds", "slim_whole", "with_part"]
+
+
+def check_whole(report: Any, whole: Tuple[nn.Module, str, Tuple[Any, ...]], probe: nn.Module,
+                graph: ChannelGraph, spec: Any) -> None:
+    """``check``'s ``final_outputs``: the whole model with the slimmed part vs the masked reference."""
+    from .verify import FAILED, _first_line
+
+    model, part, inputs = whole
+    try:
+        report.final = compare_whole(with_part(model, part, probe), part, graph, spec, inputs)
+    except Exception as exc:  # the whole model does not run with the slimmed part
+        report.final = {"status": FAILED, "detail": f"{type(exc).__name__}: {_first_line(exc)}"}
+    report.statuses["final_outputs"] = report.final["status"]
+    report.details["final_outputs"] = report.final["detail"]
