@@ -48,7 +48,7 @@ class RetrainConfig(AugConfig):
         sched: ``cosine`` (to zero at the end) or ``step`` (× ``decay_rate`` every
             ``decay_epochs``); both per step, after ``warmup_epochs`` of linear warmup.
         decay_epochs, decay_rate: the step schedule.
-        warmup_epochs: linear warmup (may be fractional).
+        warmup_epochs: linear warmup (may be fractional; at most a quarter of the steps).
         label_smoothing: of the cross-entropy (and of the mixed targets).
         mixup, cutmix: Beta(α, α) of mixup / CutMix; 0 is off (default). With both, each
             batch uses one of the two at random.

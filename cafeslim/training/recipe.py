@@ -76,7 +76,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RetrainConfig,
         True
     """
     total = cfg.epochs * steps_per_epoch
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    # At most a quarter of the run: a 1-epoch run with the default 1-epoch warmup would end at
+    # its peak rate, never annealed (22.8% test top-1 on the demo).
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total // 4)
     fn = WarmupSchedule(cfg.sched, warmup, total, steps_per_epoch, cfg.decay_epochs,
                         cfg.decay_rate)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
