@@ -28,25 +28,9 @@ from cafeslim.supernet import MinMinConfig, Supernet, bn_modules, minmin_step, r
 from cafeslim.supernet.batched import candidate_outputs, chunk_size
 from cafeslim.supernet.bn import recalibrate_bn_many
 from cafeslim.supernet.minmin import _candidate_losses
+from residual_net import Net
 
 RTOL = 1e-5
-
-
-class Net(nn.Module):
-    """conv-bn-relu x3 with a residual add, pooled into a linear head."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(24)
-        self.conv3, self.bn3 = nn.Conv2d(24, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24)
-        self.fc = nn.Linear(24, 5)
-
-    def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(x)))
-        y = F.relu(y + self.bn3(self.conv3(y)))
-        return self.fc(y.mean((2, 3)))
 
 
 class ItemNet(Net):
