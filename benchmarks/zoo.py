@@ -340,23 +340,31 @@ def main() -> None:
         return args.fresh or row is None
 
     todo = args.only or [n for n in tv_names + timm_names if wanted(n)]
-    done = []
-    if not args.report_only:
-        def work(name):
-            row = dict(results[name]) if args.json_only else spawn(name, args.timeout, args.specs)
-            row["json_outputs"] = json_outputs(name, args.timeout)
-            with RESULTS.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{name}: {model_status(row).upper()} {row.get('status')} sensitivity {_sens(row)} "
-                  f"{row.get('seconds', '')}s json {row['json_outputs']}", flush=True)
-            return row
+    def row_of(name):
+        row = dict(results[name]) if args.json_only else spawn(name, args.timeout, args.specs)
+        row["json_outputs"] = json_outputs(name, args.timeout)
+        return row
 
-        with ThreadPoolExecutor(args.jobs) as pool:
-            done = list(pool.map(work, todo))
+    done = [] if args.report_only else sweep(todo, row_of, RESULTS, args.jobs)
     results = load_results()
     print(summary(done or results.values()))
     write_report(results, torchvision_models(), list(timm_families().values()),
                  "python benchmarks/zoo.py --jobs 2")
+
+
+def sweep(todo, row_of, results_file: Path, jobs: int) -> list:
+    """Run ``row_of`` over ``todo`` in ``jobs`` threads, appending each row as it lands."""
+    def work(name):
+        row = row_of(name)
+        with results_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        extra = f" json {row['json_outputs']}" if "json_outputs" in row else ""
+        print(f"{name}: {model_status(row).upper()} {row.get('status')} sensitivity {_sens(row)} "
+              f"{row.get('seconds', '')}s{extra}", flush=True)
+        return row
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(work, todo))
 
 
 def run_kinds(args) -> None:
@@ -369,18 +377,8 @@ def run_kinds(args) -> None:
     results = load_results(KINDS_RESULTS)
     names = [n for k in kinds for n in by_kind[k]]
     todo = args.only or [n for n in names if args.fresh or n not in results]
-    done = []
-    if not args.report_only:
-        def work(name):
-            row = spawn(name, args.timeout, args.specs, args.img_size)
-            with KINDS_RESULTS.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{name}: {model_status(row).upper()} {row.get('status')} sensitivity {_sens(row)} "
-                  f"{row.get('seconds', '')}s", flush=True)
-            return row
-
-        with ThreadPoolExecutor(args.jobs) as pool:
-            done = list(pool.map(work, todo))
+    done = [] if args.report_only else sweep(
+        todo, lambda name: spawn(name, args.timeout, args.specs, args.img_size), KINDS_RESULTS, args.jobs)
     print(summary(done or load_results(KINDS_RESULTS).values(), KIND_PROPS))
     print("\n".join(kind_tables(load_results(KINDS_RESULTS), by_kind)))
 
