@@ -155,10 +155,11 @@ def _cached(path: Path, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _settings(a: Dict[str, Any], method: str, searcher: str, sampling: Optional[str]) -> Any:
+def _settings(a: Dict[str, Any], method: str, searcher: str, sampling: Optional[str],
+              extra: Optional[Dict[str, Any]] = None) -> Any:
     from cafeslim.config import resolve_settings
 
-    train = {"seed": 0, "epochs": a["supernet_epochs"], "workers": 0, "device": "cpu"}
+    train = {"seed": 0, "epochs": a["supernet_epochs"], "workers": 0, "device": "cpu", **(extra or {})}
     if sampling is not None:
         train["sampling"] = sampling
     return resolve_settings(a["model"], None, a["data"], {
@@ -166,7 +167,7 @@ def _settings(a: Dict[str, Any], method: str, searcher: str, sampling: Optional[
 
 
 def unit_run(a: Dict[str, Any], name: str, method: str, searcher: str,
-             sampling: Optional[str]) -> Dict[str, Any]:
+             sampling: Optional[str], extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """``cafeslim search`` of one setting in ``WORK/runs/NAME`` (cached)."""
     from cafeslim.errors import CafeslimError
     from cafeslim.pipeline import run_search
@@ -174,7 +175,7 @@ def unit_run(a: Dict[str, Any], name: str, method: str, searcher: str,
     run_dir = Path(a["work"]) / "runs" / name
 
     def go() -> Dict[str, Any]:
-        settings = _settings(a, method, searcher, sampling)
+        settings = _settings(a, method, searcher, sampling, extra)
         try:  # an interrupted benchmark: continue the run where it stopped
             res = run_search(settings, run_dir, resume=(run_dir / "config.yaml").is_file(),
                              progress=False).result
@@ -284,8 +285,12 @@ def unit_standalone(a: Dict[str, Any], vector: Dict[str, Any], seed: int) -> Dic
     return _cached(Path(a["work"]) / "units" / f"alone-{vector['id']}-s{seed}.json", go)
 
 
-def unit_score(a: Dict[str, Any], run: str, vectors: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Max-max fitness (the search's own :class:`~cafeslim.search.Fitness`) of every vector."""
+def unit_score(a: Dict[str, Any], run: str, vectors: List[Dict[str, Any]],
+               recal: Optional[int] = None) -> Dict[str, Any]:
+    """Max-max fitness (the search's own :class:`~cafeslim.search.Fitness`) of every vector;
+    ``recal``: with that many BN recalibration batches instead of the run's own."""
+    from dataclasses import replace
+
     from cafeslim.config import load_settings
     from cafeslim.pipeline.objects import build, make_fitness
     from cafeslim.supernet import Supernet
@@ -294,7 +299,10 @@ def unit_score(a: Dict[str, Any], run: str, vectors: List[Dict[str, Any]]) -> Di
     run_dir = Path(a["work"]) / "runs" / run
 
     def go() -> Dict[str, Any]:
-        b = build(load_settings(run_dir))
+        s = load_settings(run_dir)
+        if recal is not None:
+            s = replace(s, search=replace(s.search, recal_batches=recal))
+        b = build(s)
         net = Supernet(b.info.model, b.graph, b.space)
         net.load_state_dict(load_checkpoint(run_dir / "last.pt")["model"])
         fit = make_fitness(b, net)
@@ -305,7 +313,8 @@ def unit_score(a: Dict[str, Any], run: str, vectors: List[Dict[str, Any]]) -> Di
             scores[v["id"]] = float(fit(v["k"]).top1)
         return {"fitness": scores}
 
-    return _cached(Path(a["work"]) / "units" / f"score-{run}-n{len(vectors)}.json", go)
+    tag = "" if recal is None else f"-r{recal}"
+    return _cached(Path(a["work"]) / "units" / f"score-{run}-n{len(vectors)}{tag}.json", go)
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -369,8 +378,9 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
     modes, default = sampling_modes()
     if a["sampling"] is not None:
         modes = [m for m in modes if m in a["sampling"].split(",")]
-    # "cafenet" is the default sampling (what the methods of (a) use); the other modes only
-    # enter (b). Named so, the runs of a benchmark made before --sampling existed are reused.
+    # "cafenet" is the default sampling (what the other methods of (a) use); the other modes
+    # get a CafeNet-E row of their own. Named so, the runs of a benchmark made before
+    # --sampling existed are reused.
     sup = {"cafenet": ("cafenet", "evolution", default),
            **{f"cafenet-{m}": ("cafenet", "evolution", m) for m in modes if m != default}}
     base = "cafenet"
@@ -378,10 +388,14 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
             **sup}
     if method_available("random"):
         runs["random"] = ("random", "evolution", None)
+    for sb in a["select_batch"]:  # issue 11: min-min selection on a fraction of the batch
+        sup[f"cafenet-select{sb:g}"] = runs[f"cafenet-select{sb:g}"] = (
+            "cafenet", "evolution", default, {"select_batch": sb})
     vectors = sample_vectors(a, default)
     a["all_vectors"] = list(vectors)  # the scoring cache is keyed by the number sampled
     seeds = list(range(a["standalone_seeds"]))
-    shared = {n for n, spec in runs.items() if a["supernets_from"] and spec[0] != "random"
+    shared = {n for n, spec in runs.items() if a["supernets_from"] and len(spec) == 3
+              and spec[0] != "random"
               and spec[0] != "uniform" and (spec[2] or "uniform") == "uniform"}
     # Shared supernets last: they may wait for the other benchmark to finish training them.
     order = [n for n in runs if n not in shared] + sorted(shared)
@@ -397,7 +411,10 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
     if research:
         run_out["cafenet-R"] = research
     table = {"Uniform": "uniform", "Random": "random", "Fixed-E": "fixed",
-             "CafeNet-R": "cafenet-R", "CafeNet-E": base}
+             "CafeNet-R": "cafenet-R", "CafeNet-E": base,
+             # item 6: is another min-min sampling better for the user's final model, too?
+             **{f"CafeNet-E, sampling {n.split('-', 1)[1]}": n for n in sup
+                if n != base and "select" not in n}}
     table = {k: v for k, v in table.items() if v in run_out}
     budgets = [b.strip() for b in a["budgets"].split(",")]
     phase2 = [(unit_retrain, (a, run, b, s)) for run in table.values() for b in budgets
@@ -405,7 +422,11 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
     scored = [r for r in ["fixed"] + list(sup) if r in run_out]
     phase2 += [(unit_score, (a, run, a["all_vectors"])) for run in scored]
     phase2 += [(unit_retrain, (a, "full", None, s)) for s in range(a["full_seeds"])]
+    sweep = a["recal_sweep"] if base in run_out else []
+    phase2 += [(unit_score, (a, base, a["all_vectors"], r)) for r in sweep]
     done = _map(a["jobs"], phase2)
+    recal = {r: d["fitness"] for r, d in zip(sweep, done[len(done) - len(sweep):]) if d}
+    done = done[:len(done) - len(sweep)]
     n_tr = len(table) * len(budgets) * a["seeds"]
     retrain = {}
     for i, (run, b, s) in enumerate((r, b, s) for r in table.values() for b in budgets
@@ -416,7 +437,7 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
     scores = {run: d["fitness"] for run, d in zip(scored, done[n_tr:n_tr + len(scored)]) if d}
     retrain["full"] = [d["test_top1"] for d in done[n_tr + len(scored):] if d]
     return {"runs": run_out, "table": table, "retrain": retrain, "vectors": vectors,
-            "scores": scores, "budgets": budgets, "default_sampling": default}
+            "scores": scores, "recal_scores": recal, "budgets": budgets, "default_sampling": default}
 
 
 def _pct(values: Sequence[float], want: int = 0) -> str:
@@ -456,15 +477,29 @@ def tables(doc: Dict[str, Any]) -> str:
     names = {"fixed": "Fixed (r = 0)", "cafenet": f"CafeNet (r = 1), sampling "
              f"{doc.get('default_sampling') or 'uniform (Eq. 1)'}"}
     for run, tau in doc["tau"].items():
-        label = names.get(run, f"CafeNet (r = 1), sampling {run.replace('cafenet-', '')}")
-        lines.append(f"| {label} | " + " | ".join(
-            f"{t['tau']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}] (n={t['n']})" for t in tau.values()) + " |")
+        what = run.replace("cafenet-", "").replace("select", "select_batch ")
+        label = names.get(run, f"CafeNet (r = 1), {'' if 'select' in run else 'sampling '}{what}")
+        lines.append(f"| {label} | " + _tau_cells(tau))
+    if doc.get("tau_recal"):
+        lines += ["", "### (c) Kendall τ of the CafeNet (r = 1) supernet's fitness against the "
+                  "BN recalibration batches it uses", "",
+                  "| recalibration batches | " + " | ".join(doc["budgets"]) + " | all budgets |",
+                  "|---:|" + "---:|" * (len(doc["budgets"]) + 1)]
+        for r, tau in sorted(doc["tau_recal"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {r} | " + _tau_cells(tau))
     return "\n".join(lines)
 
 
-def taus(doc: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
+def _tau_cells(tau: Dict[str, Dict[str, float]]) -> str:
+    return " | ".join(f"{t['tau']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}] (n={t['n']})"
+                      for t in tau.values()) + " |"
+
+
+def taus(doc: Dict[str, Any], scores: Optional[Dict[Any, Dict[str, float]]] = None
+         ) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """τ with its interval per supernet (or per recalibration count), per budget and overall."""
     out = {}
-    for run, fit in doc["scores"].items():
+    for run, fit in (doc["scores"] if scores is None else scores).items():
         per = {}
         for b in doc["budgets"] + ["all"]:
             vs = [v for v in doc["vectors"] if b in ("all", v["budget"]) and v["id"] in fit]
@@ -474,7 +509,7 @@ def taus(doc: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, float]]]:
             f, acc = [fit[v["id"]] for v in vs], [float(np.mean(v["top1"])) for v in vs]
             lo, hi = tau_interval(f, acc)
             per[b] = {"tau": kendall_tau(f, acc), "lo": lo, "hi": hi, "n": len(vs)}
-        out[run] = per
+        out[str(run)] = per
     return out
 
 
@@ -494,13 +529,17 @@ def parse(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    help="supernet epochs (default: cafeslim search's default for the data)")
     p.add_argument("--sampling", default=None,
                    help="comma-separated --sampling modes for (b) (default: all)")
+    p.add_argument("--select-batch", default="", help="comma-separated select_batch values: a "
+                   "CafeNet supernet trained with each, ranked in (b)")
+    p.add_argument("--recal-sweep", default="", help="comma-separated recalibration batch "
+                   "counts: τ of the CafeNet supernet's fitness with each (c)")
     p.add_argument("--jobs", type=int, default=1, help="single-threaded worker processes")
     p.add_argument("--supernets-from", default=None, metavar="WORK",
                    help="reuse the budget-independent supernets (fixed, and CafeNet with "
                         "--sampling uniform) another benchmark's work folder trains")
     p.add_argument("--work", default=None, help="cache folder (default runs/search_quality/...)")
     p.add_argument("--json", default=None, help="results file (default benchmarks/results/...)")
-    p.add_argument("--quick", action="store_true", help="a smoke test: " + json.dumps(QUICK))
+    p.add_argument("--quick", action="store_true", help="a smoke test: " + json.dumps(QUICK).replace("%", "%%"))
     p.add_argument("--report-only", action="store_true",
                    help="tables from what the work folder holds; compute nothing")
     a = vars(p.parse_args(argv))
@@ -512,6 +551,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     a["work"] = a["work"] or str(Path("runs") / "search_quality" / tag)
     a["json"] = a["json"] or str(RESULTS / f"search_quality-{tag}.json")
     a["classes"] = None
+    a["select_batch"] = [float(x) for x in a["select_batch"].split(",") if x.strip()]
+    a["recal_sweep"] = [int(x) for x in a["recal_sweep"].split(",") if x.strip()]
     a["full_seeds"] = a["seeds"] if a["full_seeds"] is None else a["full_seeds"]
     return a
 
@@ -527,6 +568,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     doc = run_all(a)
     doc["tau"] = taus(doc)
+    doc["tau_recal"] = taus(doc, doc["recal_scores"])
     a.pop("all_vectors", None)
     doc.update(command=command, args=a, seconds=round(time.perf_counter() - t0, 1))
     print(tables(doc))

@@ -75,7 +75,7 @@ def _float(name: str, help: str) -> Any:  # noqa: A002
     return Annotated[Optional[float], _opt(name, help=help)]
 
 
-EpochsOpt = _int("--epochs", "Supernet training epochs per stage (demo 6, else 10).")
+EpochsOpt = _int("--epochs", "Supernet training epochs per stage (demo 6, demo-hard 50, else 10 or enough for 2,000 steps).")
 PopOpt = _int("--population", "Evolution: individuals per generation (demo 12, else 40).", lo=2)
 ItersOpt = _int("--iterations", "Evolution: generations (demo 6, else 50).")
 SamplesOpt = _int("--samples", "Random search: width vectors (demo 72, else 2000).")

@@ -20,14 +20,14 @@ from .aug import AugConfig, aug_of
 from .files import (RESUMABLE_CHANGES, atomic_write, changed_settings, dump_yaml,
                     ensure_empty_dir, load_yaml, resolve, section, to_dict)
 from .run import (BUILTIN_IMG_SIZE, CONFIG_FILE, DEMO, DEMO_HARD, DEMO_IMG_SIZE, DEMO_PRESET,
-                  DEMO_TRAINED_START, RUN_FORMAT, RunSettings, default_order, load_settings,
+                  DEMO_HARD_TRAIN, DEMO_TRAINED_START, RUN_FORMAT, RunSettings, default_order, load_settings,
                   method_offset, resolve_settings)
-from .stages import BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainConfig, choices
+from .stages import MIN_STEPS, BinsConfig, ExportConfig, MinMinConfig, SearchConfig, TrainConfig, choices
 from .train import RETRAIN_RESUMABLE, RetrainConfig
 
 __all__ = [
     "AugConfig", "BUILTIN_IMG_SIZE", "BinsConfig", "CONFIG_FILE", "DEMO", "DEMO_HARD", "DEMO_IMG_SIZE", "DEMO_PRESET",
-    "DEMO_TRAINED_START", "ExportConfig", "MinMinConfig", "RESUMABLE_CHANGES",
+    "DEMO_HARD_TRAIN", "DEMO_TRAINED_START", "MIN_STEPS", "ExportConfig", "MinMinConfig", "RESUMABLE_CHANGES",
     "RETRAIN_RESUMABLE", "RUN_FORMAT", "RetrainConfig", "RunSettings", "SearchConfig",
     "TrainConfig", "atomic_write", "aug_of", "changed_settings", "choices", "default_order",
     "dump_yaml", "ensure_empty_dir", "load_settings", "load_yaml", "method_offset", "resolve",

@@ -220,7 +220,9 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
         eval_ds = ImageFolder(train_split.samples, eval_tf, bad)
         pool = np.arange(len(train_split.samples))
         test_ds = ImageFolder(val_split.samples, eval_tf, bad) if val_split else None
-        classes, workers, source = train_split.classes, int(cfg.workers), str(data)
+        # More workers than cores only adds processes (PyTorch warns); batches do not depend on it.
+        workers = min(int(cfg.workers), os.cpu_count() or 1)
+        classes, source = train_split.classes, str(data)
     train_ds = _augmented(train_ds, eval_ds, augc, source, info, dcfg, cfg.img_size)
     tr_idx, val_idx = split_val(pool, cfg.val_split, cfg.seed)
     need = cfg.batch_size * world

@@ -90,7 +90,7 @@ def build(settings: RunSettings, with_data: bool = True) -> Built:
     """Create the model, analyse it, make the bins, parse the budgets and build the data.
 
     Seeds first: the same settings give the same initial weights (``export`` of a ``uniform``
-    run relies on it). The returned ``settings`` have the demo input size filled in.
+    run relies on it). The returned ``settings`` have the demo input size and (with data) the epochs filled in.
 
     Example:
         >>> build(RunSettings("timm:test_resnet", search=SearchConfig(flops="50%"))).budgets  # doctest: +SKIP
@@ -120,6 +120,8 @@ def build(settings: RunSettings, with_data: bool = True) -> Built:
                           min_width=s.bins.min_width, order=orders, offset=s.train.offset)
     budgets = [parse_budget(b, a.fm.full, min_space_flops(space, a.fm)) for b in s.search.budgets]
     data = build_data(s.data, info, s.train) if with_data else None
+    if data is not None and s.train.epochs is None:  # config.yaml records the epochs used
+        s = replace(s, train=replace(s.train, epochs=s.train.epochs_for(data.steps_per_epoch)))
     return Built(s, info, a.graph, a.fm, space, budgets, data)
 
 

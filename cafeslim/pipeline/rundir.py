@@ -64,6 +64,8 @@ def check_resume(saved: RunSettings, new: RunSettings) -> RunSettings:
     """
     if new.data in BUILTIN_IMG_SIZE and new.train.img_size is None:  # build() filled in the demo's size
         new = replace(new, train=replace(new.train, img_size=saved.train.img_size))
+    if new.train.epochs is None:  # build() filled in the default's epochs for the data
+        new = replace(new, train=replace(new.train, epochs=saved.train.epochs))
     old_d, new_d = saved.to_dict(), new.to_dict()
     diff = []
     for key in old_d:

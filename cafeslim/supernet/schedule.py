@@ -56,7 +56,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """Steps the schedule covers: all epochs, or ``max_steps`` if smaller."""
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.epochs_for(steps_per_epoch) * steps_per_epoch
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 

@@ -120,7 +120,7 @@ class _Trainer:
         self.spe = data.steps_per_epoch
         self.total = total_steps(cfg, self.spe)
         # Warmup is a fraction of the schedule, so that max_steps compresses it with the rest.
-        warmup = min(int(round(self.total * cfg.warmup_epochs / cfg.epochs)), max(self.total - 1, 0))
+        warmup = min(int(round(self.total * cfg.warmup_epochs / cfg.epochs_for(self.spe))), max(self.total - 1, 0))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            WarmupCosine(warmup, self.total))
         self.rng = np.random.default_rng(cfg.seed)  # widths: identical on every rank

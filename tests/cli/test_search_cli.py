@@ -19,7 +19,7 @@ from cafeslim.cli.app import main
 from cafeslim.config import resolve_settings
 from cafeslim.pipeline.rundir import default_run_dir
 from cafeslim.errors import ConfigError
-from cafeslim.config import DEMO_PRESET, RunSettings, SearchConfig
+from cafeslim.config import DEMO_HARD_TRAIN, DEMO_PRESET, MIN_STEPS, RunSettings, SearchConfig
 
 MODEL = "timm:test_resnet"
 
@@ -51,7 +51,11 @@ def test_precedence_flags_over_yaml_over_demo_preset_over_defaults(tmp_path):
     assert s.search.iterations == DEMO_PRESET["search"]["iterations"]          # demo preset
     assert s.bins.beta == 2.0 and s.data == "demo"
     real = resolve_settings(MODEL, None, str(tmp_path), flags(search={"flops": "1G"}))
-    assert (real.search.population, real.search.iterations, real.train.epochs) == (40, 50, 10)
+    assert (real.search.population, real.search.iterations, real.train.epochs) == (40, 50, None)
+    # None: 10 epochs, or as many as give MIN_STEPS steps on a small folder
+    assert (real.train.epochs_for(10_000), real.train.epochs_for(40)) == (10, MIN_STEPS // 40)
+    hard = resolve_settings(MODEL, None, "demo-hard", flags(search={"flops": "1G"}))
+    assert (hard.train.epochs, hard.train.lr) == (DEMO_HARD_TRAIN["epochs"], DEMO_HARD_TRAIN["lr"])
 
 
 def test_fixed_method_means_offset_zero():
