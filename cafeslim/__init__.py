@@ -23,7 +23,8 @@ __version__ = "0.1.0"
 
 # Lazy: ``import cafeslim`` (and the CLI's ``--help``) must not wait for torch.
 _EXPORTS = {
-    "api": ["API_SEARCH", "SearchOutcome", "export_files", "make_bins", "minmin_step", "search_widths"],
+    "api": ["API_SEARCH", "SearchOutcome", "Transfer", "export_files", "make_bins", "minmin_step",
+            "search_widths", "transfer_widths"],
     "config": ["BinsConfig", "MinMinConfig", "RetrainConfig", "SearchConfig", "TrainConfig"],
     "errors": ["CafeslimError"],
     "export.slim": ["slim"],

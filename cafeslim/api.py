@@ -11,6 +11,8 @@ line (:mod:`cafeslim.pipeline`) are built on the same functions::
     result = cafeslim.search_widths(net, val_batches, recal_batches, budget="50%")
     small = cafeslim.slim(model, graph, result.spec)          # physically smaller copy
     cafeslim.export_files(small, example_input, "out", graph=graph, spec=result.spec)
+    det = cafeslim.transfer_widths(cafeslim.create("tv:fasterrcnn_resnet50_fpn"),
+                                   "runs/r50/export/widths.json").model   # backbone widths
 
 (``search_widths`` and ``export_files`` rather than ``search`` and ``export``: those are the
 names of the subpackages ``cafeslim.search`` and ``cafeslim.export``, and a function cannot
@@ -202,5 +204,101 @@ def export_files(model: nn.Module, example_input: torch.Tensor, out_dir: Union[s
     return res
 
 
-__all__ = ["API_SEARCH", "SearchOutcome", "Supernet", "analyze", "export_files", "make_bins",
-           "minmin_step", "search_widths"]
+@dataclass(frozen=True)
+class Transfer:
+    """What :func:`transfer_widths` made.
+
+    Attributes:
+        model: the whole target model with its backbone slimmed (a copy; it takes and returns
+            what the original does: images in, detections or the ``out`` dict out).
+        plan: the :class:`~cafeslim.export.transfer.TransferPlan` (prefixes, groups applied and
+            not applied, the target's IndexSpec).
+        graph: the target's channel graph (of its traced part).
+        example_input: the traced part's input the FLOPs were counted at.
+        flops: ``backbone``, ``traced_part`` and ``whole`` -> (before, after), fvcore's count
+            of the real modules. ``whole`` is the traced part where that is the whole model,
+            None for a detector: its heads run on the proposals NMS keeps, a data-dependent
+            count (unchanged heads; fvcore's total moves with the proposals, not the widths).
+    """
+
+    model: nn.Module
+    plan: Any
+    graph: Any
+    example_input: torch.Tensor
+    flops: Dict[str, Optional[Tuple[float, float]]]
+
+
+def _inputs_of(run: Callable[[], Any], module: nn.Module) -> Tuple[Any, ...]:
+    """The positional arguments ``module`` receives during ``run()`` (its first call)."""
+    seen: list = []
+    hook = module.register_forward_pre_hook(lambda m, args: seen.append(args) if not seen else None)
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def _flops_of(root: nn.Module, qualname: str, x: Any) -> float:
+    """fvcore FLOPs of ``root``'s sub-module ``qualname`` as it runs inside ``root(x)``."""
+    from .flops import count_flops
+
+    mod = root.get_submodule(qualname) if qualname else root
+    args = (x,) if mod is root else _inputs_of(lambda: root.eval()(x), mod)
+    return float(count_flops(mod, args if len(args) > 1 else args[0]))
+
+
+def transfer_widths(target: Any, widths: Union[str, Path, Dict[str, Any]], *,
+                    example_input: Optional[torch.Tensor] = None, part: str = "") -> Transfer:
+    """Give a target model's backbone the widths of another model's export (paper Table 5).
+
+    The widths file's module paths are matched to the target's by their longest common
+    prefix pair (``layer1.0.conv1`` ↔ ``backbone.body.layer1.0.conv1``); see
+    :mod:`cafeslim.export.transfer` for what is refused and what is reported.
+
+    Args:
+        target: a :class:`~cafeslim.models.ModelInfo` (from :func:`cafeslim.create`, which
+            knows a detector's traced part and inputs) or an ``nn.Module``.
+        widths: a ``widths.json`` path or its parsed content.
+        example_input: the traced part's input (``nn.Module`` targets only).
+        part: qualname of the sub-module to trace (``nn.Module`` targets; "" = the whole).
+
+    Raises:
+        TransferError: the backbones do not match (one line saying where).
+
+    Example:
+        >>> t = transfer_widths(create("tv:deeplabv3_resnet50", img_size=128), "r50/widths.json")  # doctest: +SKIP
+        >>> t.model(torch.randn(1, 3, 128, 128))["out"].shape                   # doctest: +SKIP
+        torch.Size([1, 21, 128, 128])
+    """
+    from .export.transfer import plan_transfer, read_widths
+    from .export.whole import slim_whole
+    from .flops import count_flops
+
+    if isinstance(target, nn.Module):
+        if example_input is None:
+            raise ConfigError("transfer_widths(module, ...) needs example_input=")
+        model, x = target.eval(), example_input
+    else:
+        model, part, x = target.model, target.part, target.example_input()
+    info = read_widths(widths) if not isinstance(widths, dict) else widths
+    analysed = model.get_submodule(part) if part else model
+    graph = analyze(analysed, x, source=getattr(target, "name", type(model).__name__),
+                    output_reason=getattr(target, "output_reason", "model output"))
+    plan = plan_transfer(info, graph, model, part)
+    small = slim_whole(model, part, graph, plan.spec).eval()
+    # the backbone's path inside the traced part (where its FLOPs are counted)
+    rel = plan.backbone[len(part):].lstrip(".") if part and plan.backbone.startswith(part) else plan.backbone
+    small_part = small.get_submodule(part) if part else small
+    flops: Dict[str, Optional[Tuple[float, float]]] = {
+        "backbone": (_flops_of(analysed, rel, x), _flops_of(small_part, rel, x)),
+        "traced_part": (float(count_flops(analysed, x)), float(count_flops(small_part, x)))}
+    # The whole model is the traced part, or (detection) the traced part followed by heads that
+    # run on the proposals NMS keeps: their fvcore count changes with the data, not the widths.
+    flops["whole"] = flops["traced_part"] if not part else None
+    return Transfer(small, plan, graph, x, flops)
+
+
+__all__ = ["API_SEARCH", "SearchOutcome", "Supernet", "Transfer", "analyze", "export_files",
+           "make_bins", "minmin_step", "search_widths", "transfer_widths"]

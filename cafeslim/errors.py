@@ -33,6 +33,10 @@ class SpecError(CafeslimError):
     """An IndexSpec or widths file does not fit the model's channel graph."""
 
 
+class TransferError(SpecError):
+    """A widths file's backbone does not match the target model's (backbone width transfer)."""
+
+
 class DataError(CafeslimError):
     """A dataset folder is missing, empty or malformed."""
 

@@ -5,7 +5,7 @@ widths.json, written as ``.pt``, ``.pt2``, ``.onnx`` and ``widths.json``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, List, Optional
+from typing import TYPE_CHECKING, Annotated, Any, List, Optional
 
 import typer
 from rich.text import Text
@@ -14,10 +14,12 @@ from ..config import ExportConfig, default_order, ensure_empty_dir
 from ..errors import ConfigError, ExportError
 from ..export.formats import FORMATS
 from ..pipeline.rundir import is_run_dir
-from .common import NumClassesOpt, PretrainedOpt, WeightsOpt, before_after, choice_enum, load_model, out
+from .common import (FeaturesOnlyOpt, ImgSizeOpt, JsonOpt, NumClassesOpt, PretrainedOpt, WeightsOpt,
+                     before_after, choice_enum, load_model, out, print_json)
 
 if TYPE_CHECKING:
     from ..pipeline import RunExportReport, UniformExportReport
+    from ..pipeline.transfer import TransferExportReport
 
 RunOrModelArg = Annotated[str, typer.Argument(
     metavar="RUN|MODEL", show_default=False,
@@ -43,7 +45,9 @@ FlopsOpt = Annotated[Optional[str], typer.Option(
          "landing in [0.97·B, B].")]
 WidthsOpt = Annotated[Optional[Path], typer.Option(
     "--widths", metavar="FILE", show_default=False,
-    help="widths.json of an earlier export: recreate that architecture instead of --uniform.")]
+    help="widths.json of an earlier export: recreate that architecture instead of --uniform; "
+         "another model's (tv:resnet50 onto tv:fasterrcnn_resnet50_fpn): transfer its widths "
+         "onto this model's backbone by module path.")]
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", metavar="DIR", show_default=False,
     help="Output folder (must be empty or absent); default RUN/export for a run.")]
@@ -66,7 +70,9 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
                    formats: FormatOpt = ",".join(FORMATS),
                    widths: WidthsOpt = None, budget: BudgetOpt = None, init: InitOpt = Init.inherit,
                    force: ForceOpt = False, weights: WeightsOpt = None,
-                   pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None) -> None:
+                   pretrained: PretrainedOpt = False, num_classes: NumClassesOpt = None,
+                   img_size: ImgSizeOpt = None, features_only: FeaturesOnlyOpt = False,
+                   json_out: JsonOpt = False) -> None:
     """Export the widths a search run found (RUN), or MODEL slimmed uniformly.
 
     RUN (a `cafeslim search` folder): the chosen sub-network, slimmed from the supernet with
@@ -75,6 +81,11 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
 
     MODEL: the paper's "Uniform" baseline: --uniform F keeps F of every group, --flops B finds
     the one fraction whose model lands in [0.97·B, B].
+
+    MODEL --widths OTHER/widths.json (another model's export): backbone width transfer, e.g.
+    a classification search's widths onto a detector's or segmentation model's backbone,
+    matched by module path; refused when the backbones differ. It prints the backbone's, the
+    traced part's and the whole model's FLOPs before and after.
 
     Both write model.pt (whole module), model.pt2 (torch.export), model.onnx (checked with
     onnxruntime) and widths.json, and print FLOPs and parameters before and after.
@@ -92,13 +103,17 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
         cafeslim export tv:resnet50 --flops 50% --out exports/r50-half
 
         cafeslim export tv:resnet18 --widths exports/r18/widths.json --out exports/r18-again
+
+        cafeslim export tv:fasterrcnn_resnet50_fpn --widths runs/r50-2G/export/widths.json --out exports/det
     """
     fmt = parse_formats(formats)
     if is_run_dir(model):
         if uniform is not None or flops is not None or widths is not None or weights is not None \
-                or pretrained or num_classes is not None or order is not None:
+                or pretrained or num_classes is not None or order is not None \
+                or img_size is not None or features_only or json_out:
             raise ConfigError("a run folder is exported as searched: --uniform, --flops, --widths, "
-                              "--weights, --pretrained, --num-classes and --order go with MODEL")
+                              "--weights, --pretrained, --num-classes, --order, --img-size, "
+                              "--features-only and --json go with MODEL")
         from ..pipeline.run_export import export_run
 
         render_run_export(export_run(model, budget, init=init.value, formats=fmt, out_dir=out_dir,
@@ -114,13 +129,13 @@ def export_command(model: RunOrModelArg, out_dir: OutOpt = None, uniform: Unifor
         raise ConfigError(f"--uniform must be in (0, 1], got {uniform}")
     # Before the (slow) model creation, so a mistyped --out fails at once.
     ensure_empty_dir(out_dir, force)
-    info = load_model(model, weights, pretrained, num_classes)
+    info = load_model(model, weights, pretrained, num_classes, img_size, features_only)
     from ..pipeline.uniform import uniform_export
 
     keep = default_order(order.value if order else None, bool(pretrained or weights))
     report = uniform_export(info, fraction=uniform, flops=flops, order=keep, formats=fmt,
                             out_dir=out_dir, widths_file=widths, force=force)
-    render_export(info.name, report)
+    render_model_export(info, report, json_out)
     errors = getattr(report, "errors", None)
     if errors:
         # The other files are written (and listed above); fail so scripts notice the missing one.
@@ -148,6 +163,59 @@ def render_export(name: str, report: "UniformExportReport") -> None:
     out.print(before_after("FLOPs", report.flops_before, report.flops_after))
     out.print(before_after("params", report.params_before, report.params_after))
     for path in getattr(report, "files", None) or ():
+        out.print(Text(f"  wrote {path}"))
+
+
+def render_model_export(info: Any, report: "UniformExportReport", json_out: bool) -> None:
+    """Print ``cafeslim export MODEL``'s result: JSON, a transfer, or a uniform export."""
+    if json_out:
+        print_json(export_json(info.name, info.kind, report))
+    elif getattr(report, "plan", None) is not None:
+        render_transfer(info.name, report)
+    else:
+        render_export(info.name, report)
+
+
+def export_json(name: str, kind: str, report: "UniformExportReport") -> dict:
+    """The ``--json`` document of ``cafeslim export MODEL`` (a transfer adds its plan).
+
+    Example:
+        >>> export_json("tv:resnet18", "classification", rep)["flops"]["after"]  # doctest: +SKIP
+    """
+    to_json = getattr(report, "to_json", None)
+    if to_json is not None:
+        return to_json(name, kind)
+    return {"model": name, "kind": kind, "method": "uniform",
+            "flops": {"before": report.flops_before, "after": report.flops_after},
+            "params": {"before": report.params_before, "after": report.params_after},
+            "widths": {str(k): v for k, v in report.widths.items()},
+            "files": [str(p) for p in report.files], "errors": report.errors}
+
+
+def render_transfer(name: str, rep: "TransferExportReport") -> None:
+    """Print a backbone transfer: prefixes, FLOPs per level, groups not applied, files."""
+    plan = rep.plan
+    sp, tp = plan.prefix
+    out.print(Text(f"exported {name} with the widths of {plan.source or 'the widths file'} "
+                   f"on {plan.backbone or 'the model'}", style="bold"))
+    out.print(Text(f"  {plan.modules} modules matched by path (prefix {sp!r} ↔ {tp!r}); "
+                   f"{len(plan.applied)} searched groups applied, {len(plan.not_applied)} not"))
+    labels = {"backbone": f"backbone {plan.backbone}".rstrip(), "traced_part": "traced part",
+              "whole": "whole model"}
+    for key, label in labels.items():
+        pair = rep.flops.get(key, ())
+        if key == "traced_part" and pair == rep.flops.get("whole"):
+            continue  # the whole model is the traced part
+        if key in rep.flops and pair is None:
+            out.print(Text(f"FLOPs   {label}: not counted (the heads run on the proposals NMS "
+                           "keeps: a data-dependent count; the transfer leaves them unchanged)"))
+        elif pair:
+            out.print(before_after("FLOPs", *pair) + f"  {label}")
+    out.print(before_after("params", rep.params_before, rep.params_after) + "  whole model")
+    for g in plan.not_applied:
+        out.print(Text(f"  not applied: group {g.source} ({', '.join(g.layers)}) kept {g.kept} of "
+                       f"{g.channels}: {g.reason}", style="yellow"))
+    for path in rep.files:
         out.print(Text(f"  wrote {path}"))
 
 

@@ -130,7 +130,12 @@ class BatchNormHandler(OpHandler):
 
     def channel_count(self, module: nn.Module) -> Optional[int]:
         n = getattr(module, "num_features", None)
-        return n if isinstance(n, int) else None
+        if isinstance(n, int):
+            return n
+        # torchvision's FrozenBatchNorm2d (pretrained detectors) has no num_features: its
+        # statistics tell, so widths.json lists it and slim's member check covers it.
+        stats = getattr(module, "running_mean", None)
+        return int(stats.shape[0]) if isinstance(stats, torch.Tensor) and stats.dim() == 1 else None
 
     def example(self):
         return nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1)), \

@@ -7,7 +7,9 @@ Three ways to pick the architecture, exactly one per call:
 - ``flops=B`` (``2G``, ``300M``, ``50%``, ``0.5x``): the paper's "Uniform" baseline for a budget,
   :func:`~cafeslim.bins.budget.uniform_widths` over one-channel bins, landing in
   ``[0.97 B, B]`` per the FLOPs model.
-- ``widths_file``: the IndexSpec of an earlier export's ``widths.json``, recreated exactly.
+- ``widths_file``: the IndexSpec of an earlier export's ``widths.json``, recreated exactly;
+  a file exported from another model is transferred onto this model's backbone by module
+  path instead (:func:`cafeslim.pipeline.transfer.transfer_export`).
 
 With ``order="l1"`` the kept channels are the most important ones by
 :func:`~cafeslim.bins.order.channel_order` (pretrained models); ``natural`` keeps the first ones.
@@ -78,7 +80,8 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
         order: ``natural`` or ``l1`` (which channels a width keeps).
         formats: subset of ``pt``, ``pt2``, ``onnx``.
         out_dir: output folder (must be empty or absent unless ``force``).
-        widths_file: an earlier export's ``widths.json`` to recreate.
+        widths_file: an earlier export's ``widths.json`` to recreate (another model's:
+            transferred onto this one's backbone, returning a ``TransferExportReport``).
         force: write into a non-empty folder.
         low: lower end of the budget window, as a fraction of the budget.
 
@@ -106,6 +109,11 @@ def uniform_export(info: "ModelInfo", *, fraction: Optional[float] = None,
         raise ConfigError(f"the uniform fraction must be in (0, 1], got {fraction}")
     out = Path(out_dir)
     ensure_empty_dir(out, force)
+    if widths_file is not None:
+        from .transfer import is_transfer, transfer_export
+
+        if is_transfer(info, widths_file):
+            return transfer_export(info, widths_file, formats=formats, out_dir=out, force=True)
 
     a = analyze_info(info)
     x, graph, fm = a.example, a.graph, a.fm
