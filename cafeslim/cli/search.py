@@ -88,7 +88,7 @@ BatchOpt = _int("--batch-size", "Images per step and per process (default 64).",
 WorkersOpt = _int("--workers", "Data-loading processes (default 4; demo uses 0).", "-j", lo=0)
 SeedOpt = _int("--seed", "Seeds weights, data order, D_val split and the search.", lo=0)
 EvalOpt = _int("--eval-batches", "D_val batches per evaluated width (default: all of D_val).")
-RecalOpt = _int("--recal-batches", "Training batches per BN recalibration (demo 2, else 20).")
+RecalOpt = _int("--recal-batches", "Training batches per BN recalibration (demo 2, else 4).")
 ImgOpt = _int("--img-size", "Square input size (demo 64, else the model's own).", lo=8)
 RandomNOpt = _int("--random-n", "--method random: width vectors trained per budget (default 8).")
 RandomEpochsOpt = _int("--random-epochs", "--method random: epochs each is trained (default 1).")

@@ -134,7 +134,9 @@ def test_recalibration_and_eval_outputs_match(name, one_thread):
             # Relative, except for statistics that are zero up to round-off (~1e-8).
             assert close(a[q], b[q]) <= RTOL or torch.allclose(a[q], b[q], atol=1e-6), q
     for a, b in zip(outs["on"], outs["off"]):
-        assert torch.allclose(a, b, rtol=RTOL, atol=1e-5)
+        # Relative to the output's scale: element-wise, a logit near zero carries the summation
+        # order's round-off (7e-5 relative on test_efficientnet with this CPU's kernels).
+        assert close(a, b) <= RTOL
 
 
 @pytest.mark.parametrize("name", ["conv-bn", "timm:test_resnet"])
