@@ -70,7 +70,11 @@ def test_an_old_run_folder_still_loads_to_the_same_settings(tmp_path):
     again = resolve_settings("timm:test_resnet", None, None, {"search": {"flops": "50%"}})
     # The demo's image size is filled in by the build, not by the resolution.
     # ... and so is the augmentation: before it had settings the supernet saw plain digits.
-    assert saved == replace(again, train=replace(again.train, img_size=64, aug="none"))
+    # select_batch was written out (1.0); the default has since moved to 0.5, and an old run
+    # must keep what it trained with.
+    old_train = replace(again.train, img_size=64, aug="none", select_batch=1.0)
+    assert again.train.select_batch != 1.0
+    assert saved == replace(again, train=old_train)
     assert saved.train.select_dtype is None  # a field the old file did not have
     assert again.train.aug == "auto"  # a new run gets the padded random crop
 
