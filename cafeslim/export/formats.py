@@ -16,7 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
@@ -117,7 +117,8 @@ def save_pt(model: nn.Module, path: PathLike) -> Path:
 
 
 def save_pt2(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
-             rtol: Optional[float] = None, atol: Optional[float] = None) -> float:
+             rtol: Optional[float] = None, atol: Optional[float] = None,
+             check_inputs: Sequence[Any] = ()) -> float:
     """``torch.export`` the model (dynamic batch where possible), save, reload and compare.
 
     Args:
@@ -126,9 +127,12 @@ def save_pt2(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
         path: the ``.pt2`` file to write.
         rtol: tolerance relative to the output scale (see :func:`output_scale`).
         atol: absolute tolerance; with neither, nothing is checked.
+        check_inputs: more inputs of the example's shape to compare on (a program that baked
+            in the example's output would match there and nowhere else).
 
     Returns:
-        Max abs difference between the reloaded program and eager PyTorch on ``example_input``.
+        Max abs difference between the reloaded program and eager PyTorch, over
+        ``example_input`` and ``check_inputs``.
 
     Raises:
         ExportError: export failed, or the reloaded program is outside tolerance.
@@ -151,15 +155,24 @@ def save_pt2(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
                 ep = torch.export.export(model, args)
             torch.export.save(ep, str(path))
             loaded = torch.export.load(str(path)).module()
-            got = _leaves(loaded(*args))
+            runs = [(a, _leaves(loaded(*a))) for a in [args, *map(_args, check_inputs)]]
         except ExportError:
             raise
         except Exception as exc:
             raise ExportError(f"torch.export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+        return _compare_runs(model, runs, "model.pt2", rtol, atol)
+
+
+def _compare_runs(model: nn.Module, runs: Sequence[Tuple[tuple, Sequence[Any]]], what: str,
+                  rtol: Optional[float], atol: Optional[float]) -> float:
+    """Max abs difference of exported outputs from eager ``model`` over ``(args, outputs)`` runs."""
+    worst = 0.0
+    for args, got in runs:
         ref = model(*args)
-    diff = max_abs_diff(ref, got)
-    _check(diff, output_scale(ref), "model.pt2", rtol, atol)
-    return diff
+        diff = max_abs_diff(ref, got)
+        _check(diff, output_scale(ref), what, rtol, atol)
+        worst = max(worst, diff)
+    return worst
 
 
 def _args(example_input: Any) -> tuple:
@@ -174,7 +187,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def save_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
-              rtol: Optional[float] = None, atol: Optional[float] = None, opset: int = 17) -> float:
+              rtol: Optional[float] = None, atol: Optional[float] = None, opset: int = 17,
+              check_inputs: Sequence[Any] = ()) -> float:
     """Export to ONNX (dynamic batch axis), run it in onnxruntime and compare with PyTorch.
 
     The TorchScript exporter goes first: it is about ten times faster and handles timm's
@@ -187,9 +201,11 @@ def save_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
         rtol: tolerance relative to the output scale; atol: absolute tolerance; with
             neither, nothing is checked.
         opset: ONNX opset of the TorchScript exporter.
+        check_inputs: more inputs of the example's shape to compare on.
 
     Returns:
-        Max abs difference between onnxruntime (CPUExecutionProvider) and eager PyTorch.
+        Max abs difference between onnxruntime (CPUExecutionProvider) and eager PyTorch,
+        over ``example_input`` and ``check_inputs``.
 
     Raises:
         ExportError: both exporters failed, onnxruntime cannot run the file, or the outputs
@@ -232,13 +248,14 @@ def save_onnx(model: nn.Module, example_input: torch.Tensor, path: PathLike, *,
             raise ExportError("ONNX export failed; " + "; ".join(errors))
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feeds = [t.detach().cpu().numpy() for t in flat_in]
-        got = sess.run(None, {i.name: v for i, v in zip(sess.get_inputs(), feeds)})
+        runs = []
+        for a in [args, *map(_args, check_inputs)]:
+            feeds = [t.detach().cpu().numpy() for t in _leaves(a)]
+            runs.append((a, sess.run(None, {i.name: v for i, v in zip(sess.get_inputs(), feeds)})))
     except Exception as exc:
         raise ExportError(f"onnxruntime cannot run the exported model: {_first_line(exc)}") from exc
-    diff = max_abs_diff(ref, got)
-    _check(diff, output_scale(ref), "model.onnx", rtol, atol)
-    return diff
+    with _eval(model), torch.no_grad():
+        return _compare_runs(model, runs, "model.onnx", rtol, atol)
 
 
 # --------------------------------------------------------------------------- all at once

@@ -141,3 +141,12 @@ def test_onnx_parity_check(tmp_path, slimmed):
     assert diff < 1e-4
     with pytest.raises(ExportError, match="differs"):
         save_onnx(small, x, tmp_path / "m2.onnx", atol=-1.0)
+
+
+def test_an_export_that_only_matches_at_the_example_fails_on_other_inputs(tmp_path):
+    # The TorchScript exporter traces the branch the example takes: right at the example,
+    # wrong wherever the sign flips. Only a comparison on another input can see it.
+    model, x = Untraceable().eval(), torch.ones(2, 4)
+    assert save_onnx(model, x, tmp_path / "m.onnx", rtol=1e-4) < 1e-6
+    with pytest.raises(ExportError, match="model.onnx differs"):
+        save_onnx(model, x, tmp_path / "m2.onnx", rtol=1e-4, check_inputs=[-x])
