@@ -157,10 +157,15 @@ def parse_formats(text: str) -> List[str]:
     return list(dict.fromkeys(items))
 
 
-def render_export(name: str, report: "UniformExportReport") -> None:
-    """Print FLOPs and params before → after, and the files written, on stdout."""
+def render_export(name: str, report: "UniformExportReport", part: str = "") -> None:
+    """Print FLOPs and params before → after, and the files written, on stdout.
+
+    ``part``: the traced sub-module whose FLOPs were counted (a detector's ``backbone``: its
+    heads run on the proposals NMS keeps, a data-dependent number), named on the FLOPs line.
+    """
     out.print(Text(f"exported {name}", style="bold"))
-    out.print(before_after("FLOPs", report.flops_before, report.flops_after))
+    flops = before_after("FLOPs", report.flops_before, report.flops_after)
+    out.print(flops + (f"  ({part} only)" if part else ""))
     out.print(before_after("params", report.params_before, report.params_after))
     for path in getattr(report, "files", None) or ():
         out.print(Text(f"  wrote {path}"))
@@ -169,14 +174,14 @@ def render_export(name: str, report: "UniformExportReport") -> None:
 def render_model_export(info: Any, report: "UniformExportReport", json_out: bool) -> None:
     """Print ``cafeslim export MODEL``'s result: JSON, a transfer, or a uniform export."""
     if json_out:
-        print_json(export_json(info.name, info.kind, report))
+        print_json(export_json(info.name, info.kind, report, info.part))
     elif getattr(report, "plan", None) is not None:
         render_transfer(info.name, report)
     else:
-        render_export(info.name, report)
+        render_export(info.name, report, info.part)
 
 
-def export_json(name: str, kind: str, report: "UniformExportReport") -> dict:
+def export_json(name: str, kind: str, report: "UniformExportReport", part: str = "") -> dict:
     """The ``--json`` document of ``cafeslim export MODEL`` (a transfer adds its plan).
 
     Example:
@@ -186,7 +191,8 @@ def export_json(name: str, kind: str, report: "UniformExportReport") -> dict:
     if to_json is not None:
         return to_json(name, kind)
     return {"model": name, "kind": kind, "method": "uniform",
-            "flops": {"before": report.flops_before, "after": report.flops_after},
+            "flops": {"before": report.flops_before, "after": report.flops_after,
+                      "counted": part or "model"},
             "params": {"before": report.params_before, "after": report.params_after},
             "widths": {str(k): v for k, v in report.widths.items()},
             "files": [str(p) for p in report.files], "errors": report.errors}

@@ -120,4 +120,7 @@ def test_export_renderer(capsys):
                                                  params_before=11.7e6, params_after=3e6,
                                                  files=["exports/r18/model.pt"]))
     text = capsys.readouterr().out
-    assert "1.80G → 450.00M (0.250×)" in text and "model.pt" in text
+    assert "1.80G → 450.00M (0.250×)" in text and "model.pt" in text and "only" not in text
+    render_export("tv:fasterrcnn_resnet50_fpn", SimpleNamespace(
+        flops_before=8e9, flops_after=4e9, params_before=41e6, params_after=30e6, files=[]), "backbone")
+    assert "(0.500×)  (backbone only)" in capsys.readouterr().out

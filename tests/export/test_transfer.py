@@ -216,5 +216,6 @@ def test_uniform_export_json_document(tmp_path):
                          out_dir=tmp_path / "u")
     doc = json.loads(json.dumps(export_json("timm:test_resnet", "classification", rep)))
     assert doc["method"] == "uniform" and doc["flops"]["after"] < doc["flops"]["before"]
+    assert doc["flops"]["counted"] == "model"
     assert doc["widths"] and all(isinstance(v, int) for v in doc["widths"].values())
     assert [p.split("/")[-1] for p in doc["files"]] == ["widths.json", "model.pt"]
