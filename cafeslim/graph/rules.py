@@ -75,7 +75,7 @@ class Ctx:
         if isinstance(arg, fx.Node):
             return self.env[arg]
         if isinstance(arg, (list, tuple)):
-            return type(arg)(self.value(a) for a in arg)
+            return _like(arg, [self.value(a) for a in arg])
         if isinstance(arg, dict):  # a dict output (segmentation's {"out", "aux"}, FPN levels)
             return {k: self.value(v) for k, v in arg.items()}
         return arg
@@ -89,7 +89,7 @@ class Ctx:
     def fresh(self, node: fx.Node, meta, reason: str, key_suffix: str = ""):
         """Fresh fixed atoms for each tensor in an output we cannot follow."""
         if isinstance(meta, (list, tuple)) and not hasattr(meta, "shape"):
-            return type(meta)(self.fresh(node, m, reason, f"{key_suffix}.{i}") for i, m in enumerate(meta))
+            return _like(meta, [self.fresh(node, m, reason, f"{key_suffix}.{i}") for i, m in enumerate(meta)])
         shape = shape_of(meta)
         if shape is None:
             return None
@@ -127,6 +127,11 @@ class Ctx:
         elif isinstance(other, Plain):
             if other_axis is not None and 0 <= other_axis < len(other.shape) and other.shape[other_axis] != 1:
                 self.state.fix(desc.segs, "combined with a tensor of unknown channel layout")
+
+
+def _like(seq, items):
+    """``items`` as a sequence of ``seq``'s type (a namedtuple takes its fields as arguments)."""
+    return type(seq)(*items) if hasattr(seq, "_fields") else type(seq)(items)
 
 
 def _flatten(values):

@@ -5,6 +5,8 @@ models) that slimming at random specs computes exactly what the original compute
 removed channels' input weights zeroed (``check_model``'s equivalence property).
 """
 
+import collections
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -221,3 +223,29 @@ def test_layer_scale_parameter_joins_the_group():
     conv = _groups_by_producer(g)["conv"]
     assert conv.searchable
     assert any(m.qualname == "gamma" and m.axis == 0 for m in conv.members)
+
+
+Pair = collections.namedtuple("Pair", "logits features")
+
+
+class _NamedTupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.conv2, self.fc = nn.Conv2d(8, 8, 1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        pooled = self.conv2(torch.relu(self.bn(self.conv(x)))).mean((2, 3))
+        return Pair(self.fc(pooled), pooled)
+
+
+def test_a_namedtuple_output_is_followed_and_its_channels_fixed():
+    # Rebuilding the output as type(seq)(iterable) fails for a namedtuple (it takes fields).
+    from cafeslim.export.verify import PASSED
+
+    g = analyze(_NamedTupleOut(), torch.randn(1, 3, 16, 16))
+    by_producer = _groups_by_producer(g)
+    assert not by_producer["conv2"].searchable  # its channels are an output (features)
+    assert by_producer["conv"].searchable and by_producer["conv"].channels == 8
+    report = check_model(_NamedTupleOut(), torch.randn(1, 3, 16, 16), "namedtuple", n_specs=1)
+    assert report.statuses["equivalence"] == PASSED
