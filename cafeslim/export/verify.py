@@ -331,16 +331,9 @@ def _finish(report: CheckReport, t: _Tally) -> None:
 
 
 def _check_formats(small: nn.Module, x: torch.Tensor, out: Any, seed: int, report: CheckReport) -> None:
-    """ONNX and .pt2 parity on the example and on other inputs, verified when the output's
-    change between inputs is far above the export's own difference.
-
-    A file that baked in the example's output would match there and nowhere else; comparing
-    on inputs that move the output by ``SENSITIVITY_FACTOR`` times the export's difference
-    (relative to the output scale, floored at ``EXPORT_NOISE``) proves that it reproduces the
-    model's dependence on its input. The old fixed floor (a 1e-2 change) left models whose
-    random-weight output moves only 1e-3 between inputs unverified although their exports
-    match to 1e-7.
-    """
+    """ONNX and .pt2 parity on the example and on other inputs (a file that baked in the
+    example's output matches there only); verified when those inputs move the output
+    ``SENSITIVITY_FACTOR`` times the export's own difference (docs/check.md)."""
     st, details = report.statuses, report.details
     varies, others = 0.0, []
     for x2 in other_inputs(x, seed):
