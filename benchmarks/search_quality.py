@@ -13,6 +13,9 @@ supernet rank widths as their stand-alone training does?
     bootstrap 95% interval over the N vectors, for the fixed (r = 0) supernet, the CafeNet
     (r = 1) supernet and every ``--sampling`` mode of the min-min step.
 
+(c), (d) (issue 11) **What the ranking needs.** τ of the CafeNet supernet's fitness with fewer
+    BN recalibration batches (``--recal-sweep``) or fewer D_val batches (``--eval-sweep``).
+
 Supernets are trained once per setting and shared: CafeNet-R searches the CafeNet-E supernet,
 and (b) scores the same supernets as (a). Every unit of work (a run, a retraining, a
 stand-alone training, a scoring) is cached as JSON under ``--work``, so an interrupted or
@@ -286,9 +289,10 @@ def unit_standalone(a: Dict[str, Any], vector: Dict[str, Any], seed: int) -> Dic
 
 
 def unit_score(a: Dict[str, Any], run: str, vectors: List[Dict[str, Any]],
-               recal: Optional[int] = None) -> Dict[str, Any]:
+               recal: Optional[int] = None, evalb: Optional[int] = None) -> Dict[str, Any]:
     """Max-max fitness (the search's own :class:`~cafeslim.search.Fitness`) of every vector;
-    ``recal``: with that many BN recalibration batches instead of the run's own."""
+    ``recal``: with that many BN recalibration batches instead of the run's own; ``evalb``:
+    on the first that many D_val batches instead of all of D_val."""
     from dataclasses import replace
 
     from cafeslim.config import load_settings
@@ -302,6 +306,8 @@ def unit_score(a: Dict[str, Any], run: str, vectors: List[Dict[str, Any]],
         s = load_settings(run_dir)
         if recal is not None:
             s = replace(s, search=replace(s.search, recal_batches=recal))
+        if evalb is not None:
+            s = replace(s, search=replace(s.search, eval_batches=evalb))
         b = build(s)
         net = Supernet(b.info.model, b.graph, b.space)
         net.load_state_dict(load_checkpoint(run_dir / "last.pt")["model"])
@@ -313,7 +319,7 @@ def unit_score(a: Dict[str, Any], run: str, vectors: List[Dict[str, Any]],
             scores[v["id"]] = float(fit(v["k"]).top1)
         return {"fitness": scores}
 
-    tag = "" if recal is None else f"-r{recal}"
+    tag = ("" if recal is None else f"-r{recal}") + ("" if evalb is None else f"-v{evalb}")
     return _cached(Path(a["work"]) / "units" / f"score-{run}-n{len(vectors)}{tag}.json", go)
 
 
@@ -423,10 +429,15 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
     phase2 += [(unit_score, (a, run, a["all_vectors"])) for run in scored]
     phase2 += [(unit_retrain, (a, "full", None, s)) for s in range(a["full_seeds"])]
     sweep = a["recal_sweep"] if base in run_out else []
+    vsweep = a["eval_sweep"] if base in run_out else []
     phase2 += [(unit_score, (a, base, a["all_vectors"], r)) for r in sweep]
+    phase2 += [(unit_score, (a, base, a["all_vectors"], None, v)) for v in vsweep]
     done = _map(a["jobs"], phase2)
-    recal = {r: d["fitness"] for r, d in zip(sweep, done[len(done) - len(sweep):]) if d}
-    done = done[:len(done) - len(sweep)]
+    n_sw = len(sweep) + len(vsweep)
+    swept = done[len(done) - n_sw:]
+    recal = {r: d["fitness"] for r, d in zip(sweep, swept) if d}
+    evals = {v: d["fitness"] for v, d in zip(vsweep, swept[len(sweep):]) if d}
+    done = done[:len(done) - n_sw]
     n_tr = len(table) * len(budgets) * a["seeds"]
     retrain = {}
     for i, (run, b, s) in enumerate((r, b, s) for r in table.values() for b in budgets
@@ -437,7 +448,8 @@ def run_all(a: Dict[str, Any]) -> Dict[str, Any]:
     scores = {run: d["fitness"] for run, d in zip(scored, done[n_tr:n_tr + len(scored)]) if d}
     retrain["full"] = [d["test_top1"] for d in done[n_tr + len(scored):] if d]
     return {"runs": run_out, "table": table, "retrain": retrain, "vectors": vectors,
-            "scores": scores, "recal_scores": recal, "budgets": budgets, "default_sampling": default}
+            "scores": scores, "recal_scores": recal, "eval_scores": evals, "budgets": budgets,
+            "default_sampling": default}
 
 
 def _pct(values: Sequence[float], want: int = 0) -> str:
@@ -487,6 +499,13 @@ def tables(doc: Dict[str, Any]) -> str:
                   "|---:|" + "---:|" * (len(doc["budgets"]) + 1)]
         for r, tau in sorted(doc["tau_recal"].items(), key=lambda kv: int(kv[0])):
             lines.append(f"| {r} | " + _tau_cells(tau))
+    if doc.get("tau_eval"):
+        lines += ["", "### (d) Kendall τ of the CafeNet (r = 1) supernet's fitness against the "
+                  "D_val batches it is scored on", "",
+                  "| D_val batches | " + " | ".join(doc["budgets"]) + " | all budgets |",
+                  "|---:|" + "---:|" * (len(doc["budgets"]) + 1)]
+        for v, tau in sorted(doc["tau_eval"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {v} | " + _tau_cells(tau))
     return "\n".join(lines)
 
 
@@ -533,6 +552,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    "CafeNet supernet trained with each, ranked in (b)")
     p.add_argument("--recal-sweep", default="", help="comma-separated recalibration batch "
                    "counts: τ of the CafeNet supernet's fitness with each (c)")
+    p.add_argument("--eval-sweep", default="", help="comma-separated D_val batch counts: τ of "
+                   "the CafeNet supernet's fitness scored on the first that many D_val batches (d)")
     p.add_argument("--jobs", type=int, default=1, help="single-threaded worker processes")
     p.add_argument("--supernets-from", default=None, metavar="WORK",
                    help="reuse the budget-independent supernets (fixed, and CafeNet with "
@@ -553,6 +574,7 @@ def parse(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     a["classes"] = None
     a["select_batch"] = [float(x) for x in a["select_batch"].split(",") if x.strip()]
     a["recal_sweep"] = [int(x) for x in a["recal_sweep"].split(",") if x.strip()]
+    a["eval_sweep"] = [int(x) for x in a["eval_sweep"].split(",") if x.strip()]
     a["full_seeds"] = a["seeds"] if a["full_seeds"] is None else a["full_seeds"]
     return a
 
@@ -569,6 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     doc = run_all(a)
     doc["tau"] = taus(doc)
     doc["tau_recal"] = taus(doc, doc["recal_scores"])
+    doc["tau_eval"] = taus(doc, doc["eval_scores"])
     a.pop("all_vectors", None)
     doc.update(command=command, args=a, seconds=round(time.perf_counter() - t0, 1))
     print(tables(doc))
