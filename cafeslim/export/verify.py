@@ -40,8 +40,8 @@ EQUIV_RTOL = 1e-4
 FLOPS_RTOL = 0.005
 SENSITIVITY_FACTOR = 100.0
 """A comparison counts when what it would detect is at least this many tolerances away."""
-EXPORT_NOISE = 1e-6
-"""Float32 round-off relative to the output scale: the least export difference assumed."""
+EXPORT_NOISE = 1.2e-7
+"""float32's machine epsilon: the least relative export difference assumed (pt2 is often exact)."""
 FLOPS_MIN_CHANGE = 10 * FLOPS_RTOL
 """FLOPs are compared only at widths whose FLOPs differ from the full model's by this much."""
 
