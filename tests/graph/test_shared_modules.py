@@ -55,3 +55,20 @@ def test_check_passes_on_a_shared_module():
     report = check_model(net, x, "shared-mlp", n_specs=2, formats=False)
     for prop in ("runs", "equivalence", "flops"):
         assert report.statuses[prop] == PASSED, (prop, report.details[prop])
+
+
+def test_coat_tiny_flops_model_matches_fvcore_on_a_slimmed_spec():
+    import numpy as np
+
+    from cafeslim.export.verify import random_spec, slim
+    from cafeslim.flops import FlopsModel, count_flops
+    from cafeslim.models import create
+
+    torch.manual_seed(0)
+    info = create("timm:coat_tiny")
+    x, model = info.example_input(), info.model.eval()
+    graph = analyze(model, x)
+    fm = FlopsModel(graph, model, x)
+    spec = random_spec(graph, np.random.default_rng(0), prefix=False)
+    measured = count_flops(slim(model, graph, spec), x)
+    assert abs(fm.flops(graph.widths_of(spec)) - measured) <= 1e-3 * measured
