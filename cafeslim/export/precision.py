@@ -9,9 +9,9 @@ timm's ``halonet_h1`` (28 residual blocks of halo attention, every branch switch
 its output even where every BatchNorm fits its input, so its float32 output differs from
 its own float64 output by tens of percent, and a correct slimmed copy from its reference by
 as much. :func:`float64_run` measures that amplification on the full model; where it
-exceeds ``1 / ROUNDOFF_MARGIN`` of the tolerance (:func:`needs_float64`), ``check`` compares in float64, where the
-same amplification leaves about 1e-9. A file exported in float32 cannot be checked there:
-see :func:`export_verdict`.
+exceeds ``1 / ROUNDOFF_MARGIN`` of the tolerance (:func:`needs_float64`), ``check``
+compares in float64, where the same amplification leaves about 1e-9. A file exported in
+float32 cannot be checked there: see :func:`export_verdict`.
 """
 
 from __future__ import annotations
