@@ -52,7 +52,7 @@ def max_abs_diff(ref: Any, other: Sequence[Any]) -> float:
         if tuple(a.shape) != tuple(b.shape):
             raise ExportError(f"output shape {tuple(b.shape)} differs from the model's {tuple(a.shape)}")
         if a.numel():
-            diff = max(diff, float((a.detach().float() - b.float()).abs().max()))
+            diff = max(diff, float((a.detach().double() - b.double()).abs().max()))
     return diff
 
 

@@ -16,10 +16,8 @@ full model's. The checks run on a copy whose constant or vanishing weights
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -30,6 +28,8 @@ from ..errors import CafeslimError
 from ..graph import ChannelGraph, IndexSpec, analyze
 from .compare import leaf_names, rel_diff as _rel  # noqa: F401  (leaf_names: public here too)
 from .formats import max_abs_diff, output_scale, save_onnx, save_pt2  # noqa: F401  (re-exported)
+from .parity import check_formats, other_inputs  # noqa: F401  (other_inputs: public here too)
+from .precision import Float64Run, float64_run, needs_float64
 from .reference import masked_reference, zero_removed_inputs  # noqa: F401  (zero_removed_inputs: old home)
 from .sensitize import sensitize as sensitize_model
 from .slim import slim
@@ -79,6 +79,9 @@ class CheckReport:
         leaves: names of the output's tensor leaves, all of which every property compares.
         final: for a model traced in part (detection): what the comparison of the whole
             model's outputs compared (:mod:`cafeslim.export.whole`).
+        roundoff: the full model's float32 output against its float64 output, relative
+            (None where it does not run in float64); above 1e-5, equivalence is compared in
+            float64 (:mod:`cafeslim.export.precision`).
     """
 
     model: str
@@ -94,6 +97,7 @@ class CheckReport:
     redrawn: int = 0
     leaves: List[str] = field(default_factory=list)
     final: Dict[str, Any] = field(default_factory=dict)
+    roundoff: Optional[float] = None
 
     @property
     def status(self) -> str:
@@ -119,7 +123,7 @@ class CheckReport:
                 "searchable_groups": self.searchable_groups, "fixed_groups": self.fixed_groups,
                 "fixed_reasons": dict(self.fixed_reasons), "flops": int(self.flops),
                 "params": int(self.params), "uniform_half_flops_ratio": self.uniform_half_flops_ratio,
-                "redrawn": self.redrawn, "leaves": list(self.leaves), **(
+                "redrawn": self.redrawn, "leaves": list(self.leaves), "roundoff": self.roundoff, **(
                     {"final": dict(self.final)} if self.final else {})}
 
 
@@ -156,6 +160,7 @@ class _Tally:
     eq_error: str = ""
     flops_err: float = 0.0
     flops_change: float = float("inf")
+    exact: Optional[Float64Run] = None  # the float64 model to compare in (float32 round-off too large)
 
 
 def check_info(info: Any, **options: Any) -> CheckReport:
@@ -225,7 +230,9 @@ def check_model(model: nn.Module, example_input: torch.Tensor, name: str = "", *
     report.uniform_half_flops_ratio = float(fm.flops(half) / fm.full) if fm.full else None
     with torch.no_grad():
         ref_full = probe(example_input)
-    tally = _Tally()
+    run = float64_run(probe, example_input, ref_full)
+    report.roundoff = run.roundoff if run is not None else None
+    tally = _Tally(exact=run if run is not None and needs_float64(run.roundoff, EQUIV_RTOL) else None)
     if not _check_specs(report, probe, graph, fm, example_input, ref_full, full_flops, tally,
                         n_specs=n_specs, seed=seed, formats=formats, whole=whole):
         return report
@@ -270,7 +277,7 @@ def _check_specs(report: CheckReport, probe: nn.Module, graph: ChannelGraph, fm:
         tally.flops_err = max(tally.flops_err, abs(fm.flops(graph.widths_of(spec)) - measured) / max(measured, 1))
         tally.flops_change = min(tally.flops_change, abs(full_flops - measured) / max(full_flops, 1))
         if i == 0 and formats:
-            _check_formats(small, example_input, out, seed, report)
+            check_formats(small, example_input, out, seed, report)
         if i == 0 and whole is not None:
             from .whole import check_whole
 
@@ -287,6 +294,10 @@ def _mark(st: Dict[str, str], details: Dict[str, str], props, status: str, why: 
 def _equivalence(probe: nn.Module, graph: ChannelGraph, spec: IndexSpec, x: torch.Tensor, out: Any,
                  ref_full: Any, tally: _Tally) -> None:
     """Compare one slimmed output with its full-width reference; keep the worst numbers."""
+    if tally.exact is not None:  # the model amplifies float32 round-off past the tolerance
+        probe, x, ref_full = tally.exact.model, tally.exact.x, tally.exact.out
+        with torch.no_grad():
+            out = slim(probe, graph, spec).eval()(x)
     try:
         ref, unpatched = masked_reference(probe, graph, spec, x)
     except Exception as exc:  # an index the graph got wrong, out of the tensor's range
@@ -306,20 +317,22 @@ def _finish(report: CheckReport, t: _Tally) -> None:
     """Turn the tallies into statuses and details for equivalence and FLOPs."""
     st, details = report.statuses, report.details
     need = SENSITIVITY_FACTOR * EQUIV_RTOL
+    how = (f"; in float64, as float32 round-off alone moves the output by {t.exact.roundoff:.1e}"
+           if t.exact is not None else "")
     if st["output_shape"] != PASSED:
         _mark(st, details, ("equivalence",), NOT_VERIFIED, "output shape differs")
     elif t.eq_error:
         st["equivalence"], details["equivalence"] = FAILED, t.eq_error[:300]
     elif t.eq_diff > EQUIV_RTOL or t.eq_diff != t.eq_diff:
         st["equivalence"] = FAILED
-        details["equivalence"] = f"max rel diff {t.eq_diff:.2e} (limit {EQUIV_RTOL:.0e})"
+        details["equivalence"] = f"max rel diff {t.eq_diff:.2e} (limit {EQUIV_RTOL:.0e}){how}"
     elif t.eq_unverified:
         st["equivalence"], details["equivalence"] = NOT_VERIFIED, t.eq_unverified
     else:
         report.sensitivity["equivalence"] = t.eq_sens
         st["equivalence"] = PASSED if t.eq_sens >= need else NOT_VERIFIED
         details["equivalence"] = (f"max rel diff {t.eq_diff:.2e} (limit {EQUIV_RTOL:.0e}); removing channels "
-                                  f"changes the output by {t.eq_sens:.2e} (needs {need:.0e})")
+                                  f"changes the output by {t.eq_sens:.2e} (needs {need:.0e}){how}")
     if t.flops_change != float("inf"):
         report.sensitivity["flops"] = t.flops_change
     st["flops"] = (FAILED if t.flops_err > FLOPS_RTOL else PASSED if t.flops_change >= FLOPS_MIN_CHANGE
@@ -327,62 +340,6 @@ def _finish(report: CheckReport, t: _Tally) -> None:
     details["flops"] = (f"FlopsModel vs fvcore: worst {100 * t.flops_err:.3f}% (limit {100 * FLOPS_RTOL:.1f}%) "
                         f"at widths {100 * t.flops_change:.0f}% or more below full FLOPs "
                         f"(needs {100 * FLOPS_MIN_CHANGE:.0f}%)")
-
-
-def _check_formats(small: nn.Module, x: torch.Tensor, out: Any, seed: int, report: CheckReport) -> None:
-    """ONNX and .pt2 parity on the example and on other inputs (a file that baked in the
-    example's output matches there only); verified when those inputs move the output
-    ``SENSITIVITY_FACTOR`` times the export's own difference (docs/check.md)."""
-    st, details = report.statuses, report.details
-    varies, moved, others = 0.0, 0.0, []
-    for i, x2 in enumerate(other_inputs(x, seed)):
-        try:
-            with torch.no_grad():
-                change = _rel(out, small(x2), worst="min")
-        except Exception:  # a model that only runs at its example input proves nothing here
-            continue
-        varies = max(varies, change)
-        if i == 0:  # at the example's scale: 3x can drive random weights where round-off explodes
-            moved, others = change, [x2]
-    report.sensitivity["input"] = varies
-    scale = max(output_scale(out), 1e-12)
-    with tempfile.TemporaryDirectory() as tmp:
-        for key, fn, fname in (("onnx", save_onnx, "m.onnx"), ("pt2", save_pt2, "m.pt2")):
-            try:
-                diff = fn(small, x, Path(tmp) / fname, rtol=EQUIV_RTOL, check_inputs=others)
-            except CafeslimError as exc:
-                st[key], details[key] = FAILED, str(exc)[:300]
-                continue
-            except Exception as exc:  # exporter internals
-                st[key], details[key] = FAILED, f"{type(exc).__name__}: {_first_line(exc)}"
-                continue
-            need = min(SENSITIVITY_FACTOR * EQUIV_RTOL,
-                       SENSITIVITY_FACTOR * max(diff / scale, EXPORT_NOISE))
-            st[key] = PASSED if others and moved >= need else NOT_VERIFIED
-            details[key] = (f"max abs diff {diff:.2e} on {1 + len(others)} inputs; the other "
-                            f"input changes the output by {moved:.2e} (needs {need:.0e})")
-
-
-def other_inputs(x: torch.Tensor, seed: int = 0) -> List[torch.Tensor]:
-    """Inputs unlike ``x``, to show that a model's output depends on its input.
-
-    Global pooling averages i.i.d. noise to nearly the same features for any two noise
-    images, so images get spatially smooth noise (which moves pooled features) and ``3 * x``
-    (which moves every activation of a network without input normalisation).
-
-    Example:
-        >>> len(other_inputs(torch.randn(1, 3, 224, 224)))
-        2
-    """
-    if not x.is_floating_point():
-        return []
-    gen = torch.Generator().manual_seed(seed + 1)
-    if x.dim() != 4:
-        return [torch.randn(x.shape, generator=gen).to(x.dtype), 3 * x]
-    n, c, h, w = x.shape
-    coarse = torch.randn(n, c, max(1, h // 16), max(1, w // 16), generator=gen, dtype=x.dtype)
-    smooth = 1.5 * torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    return [smooth, 3 * x]
 
 
 def _first_line(exc: BaseException) -> str:

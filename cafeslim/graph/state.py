@@ -68,6 +68,8 @@ class State:
         self.reasons: List[List[str]] = []
         self.blocks: List[int] = []
         self.producer: List[str] = []
+        # (module, tensor, axis) -> the layout first attached there (see add_member)
+        self.attached: Dict[Tuple[str, str, int], Desc] = {}
 
     # ----- atoms -------------------------------------------------------------------------
     def new(self, key: str, size: int, producer: str, reason: Optional[str] = None) -> Tuple[Seg, ...]:
@@ -157,7 +159,15 @@ class State:
 
     def add_member(self, desc: Desc, module: str, name: str, axis: int, role: str,
                    blocks: int = 1, inner: Optional[int] = None) -> None:
-        """Attach a tensor axis that holds ``desc``'s channels in order."""
+        """Attach a tensor axis that holds ``desc``'s channels in order.
+
+        An axis can be cut one way only, so it holds one layout: a module called more than
+        once (an Mlp shared by several inputs, a conv applied to two streams) attaches its
+        weight again, and each later call's channels are coupled with the first call's.
+        """
+        first = self.attached.setdefault((module, name, axis), desc)
+        if first.segs != desc.segs or first.inner != desc.inner:
+            self.merge(first, desc)
         inner = desc.inner if inner is None else inner
         pos = 0
         for s in desc.segs:
