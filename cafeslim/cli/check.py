@@ -61,6 +61,11 @@ def check_command(model: ModelArg, json_out: JsonOpt = False, seed: SeedOpt = 0,
 
         cafeslim check tv:ssdlite320_mobilenet_v3_large --specs 1
     """
+    import torch
+
+    # Random-init weights come from the global generator: seeded, the same command gives the
+    # same report (round-off-sensitive models moved by 3x between runs before).
+    torch.manual_seed(seed)
     info = load_model(model, weights, pretrained, num_classes, img_size, features_only)
     from ..export.verify import check_info
     from .inspect import part_json
