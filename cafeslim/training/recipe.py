@@ -1,4 +1,7 @@
-"""The training recipe: optimizer, per-step schedule, loss, mixup/CutMix and the weight EMA.
+"""The training recipe: optimizer, per-step schedule, mixup/CutMix and the weight EMA.
+
+The loss is the task's (:meth:`cafeslim.tasks.Task.retrain_loss`; classification's
+:func:`classification_loss` is re-exported here).
 
 Every piece is deterministic given (seed, step), so that an interrupted and resumed training
 is bit-identical to an uninterrupted one on CPU: the schedule is a plain object whose numbers
@@ -25,6 +28,7 @@ from torch import nn
 from ..config import RetrainConfig
 from ..data.loaders import mix_seed
 from ..supernet.schedule import param_groups
+from ..tasks.classification import classification_loss  # noqa: F401 - the recipe's loss, re-exported
 
 
 class WarmupSchedule:
@@ -126,19 +130,6 @@ def mix_batch(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
         images = lam * images + (1.0 - lam) * images[perm]
     soft = soft_targets(targets, num_classes, cfg.label_smoothing)
     return images, lam * soft + (1.0 - lam) * soft[perm]
-
-
-def classification_loss(logits: torch.Tensor, targets: torch.Tensor,
-                        soft: Optional[torch.Tensor], smoothing: float) -> torch.Tensor:
-    """Cross-entropy on hard targets (label-smoothed) or on mixed soft targets.
-
-    Example:
-        >>> float(classification_loss(torch.zeros(2, 2), torch.tensor([0, 1]), None, 0.0))
-        0.6931471824645996
-    """
-    if soft is not None:
-        return torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-    return F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
 
 
 class ModelEma:

@@ -42,6 +42,7 @@ class TrainRun:
     files: Dict[str, Path] = field(default_factory=dict)
     export_errors: Dict[str, str] = field(default_factory=dict)
     main: bool = True  # False on the ranks other than 0 under torchrun (they write nothing)
+    task: str = "classification"
 
 
 def _supernet_teacher(t: Target) -> nn.Module:
@@ -99,6 +100,24 @@ def make_teacher(t: Target, choice: Optional[str], num_classes: int,
     from ..pipeline.objects import at_size
 
     return at_size(create(choice, num_classes=num_classes), img_size).model.eval(), choice
+
+
+def train_task(t: Target, cfg: RetrainConfig) -> Any:
+    """The task to train: ``--task`` (``cfg.task``), else the run's or export's, else classification.
+
+    Raises:
+        ConfigError: ``--task`` other than the task a run was searched or an export made for.
+
+    Example:
+        >>> train_task(resolve_target("timm:test_resnet"), RetrainConfig()).name
+        'classification'
+    """
+    from ..tasks import get_task
+
+    if cfg.task is not None and t.task is not None and cfg.task != t.task:
+        raise ConfigError(f"{t.name} was made for {t.task}, not --task {cfg.task}; its head "
+                          "and metric are that task's")
+    return get_task(cfg.task or t.task)
 
 
 def _widths_meta(t: Target, meta: Dict[str, Any], graph: Any, info: Any, model: nn.Module,
@@ -160,6 +179,9 @@ def _train_target(target: str, cfg: RetrainConfig, data: Optional[str], budget: 
     from ..supernet.distributed import is_main, on_main
 
     t = resolve_target(target, budget)
+    task = train_task(t, cfg)
+    cfg = replace(cfg, task=task.name)  # config.yaml and the checkpoint record the task
+    task.check_recipe(cfg)  # before anything is written
     source = data or t.data or DEMO
     out = Path(out_dir) if out_dir is not None else t.default_out()
     if resume:
@@ -169,13 +191,13 @@ def _train_target(target: str, cfg: RetrainConfig, data: Optional[str], budget: 
         on_main(lambda: ensure_empty_dir(out, force, what="training folder",
                                          hint="pass --resume to continue it, --force to start "
                                               "over, or --out"))
-    classes = dataset_classes(source)
+    classes = dataset_classes(source, task)
     # A run's or export's head keeps its classes: other data must then fail, not retrain a head.
     wanted = (cfg.num_classes or len(classes)) if t.kind == "model" else \
         int(t.meta.get("num_classes") or 0) or len(classes)
     model, info, graph, meta = build_student(t, cfg.init, wanted, cfg.img_size, cfg.seed)
     x = info.example_input()
-    head = head_classes(model, x)
+    head = head_classes(model, x, task)
     if cfg.num_classes is not None and head != cfg.num_classes:
         raise ConfigError(f"{t.name} has a head of {head} classes, not --num-classes "
                           f"{cfg.num_classes}; a run or export keeps its head")
@@ -184,48 +206,49 @@ def _train_target(target: str, cfg: RetrainConfig, data: Optional[str], budget: 
                         "train it on data with the same classes (or train the model name anew)")
     size = int(info.input_size[-1])
     teacher, teacher_name = make_teacher(t, cfg.teacher, len(classes), size)
-    if teacher is not None and head_classes(teacher, x) != head:
-        raise ConfigError(f"the teacher {teacher_name} has {head_classes(teacher, x)} classes, "
-                          f"the student {head}")
-    loaders = build_data(source, info, replace(cfg, img_size=size))
+    if teacher is not None and head_classes(teacher, x, task) != head:
+        raise ConfigError(f"the teacher {teacher_name} has {head_classes(teacher, x, task)} "
+                          f"classes, the student {head}")
+    loaders = build_data(source, info, replace(cfg, img_size=size), task)
     if not resume and is_main():
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml({"format": TRAIN_FORMAT, "target": target, "budget": t.budget, "data": source,
                    "train": cfg}, out / "config.yaml")
     outcome = train(model, loaders, cfg, teacher=teacher, out_dir=out, resume=resume,
-                    progress=progress, name=f"{info.name}:{t.kind}:{cfg.init}")
+                    progress=progress, name=f"{info.name}:{t.kind}:{cfg.init}", task=task)
     if not is_main():  # rank 0 exports and reports the model every rank holds
-        return TrainRun(out, t, outcome, teacher_name, main=False)
+        return TrainRun(out, t, outcome, teacher_name, main=False, task=task.name)
     return _finish(t, out, outcome, teacher_name, meta, graph, info, x, source, loaders, cfg,
-                   formats)
+                   formats, task)
 
 
 def _finish(t: Target, out: Path, outcome: TrainOutcome, teacher_name: str,
             meta: Dict[str, Any], graph: Any, info: Any, x: Any, source: str, loaders: Any,
-            cfg: RetrainConfig, formats: Collection[str]) -> TrainRun:
+            cfg: RetrainConfig, formats: Collection[str], task: Any) -> TrainRun:
     """Export the trained model again and write ``report.md``."""
     from ..export.formats import export_model
     from .report import write_report
 
     model = outcome.model
-    trained = {"test_top1": outcome.test_top1, "test_top5": outcome.test_top5,
-               "holdout_top1": outcome.holdout_top1, "best_epoch": outcome.best_epoch,
+    m = task.metric  # classification: test_top1, test_top5, holdout_top1, top1_test
+    trained = {**{f"test_{k}": v for k, v in outcome.test.items()},
+               f"holdout_{m}": outcome.holdout_score, "best_epoch": outcome.best_epoch,
                "epochs": outcome.epochs, "init": cfg.init, "teacher": teacher_name,
                "data": source, "recipe": to_dict(cfg)}
-    meta = {**_widths_meta(t, meta, graph, info, model, x), "data": source,
+    meta = {**_widths_meta(t, meta, graph, info, model, x), "task": task.name, "data": source,
             "num_classes": loaders.num_classes, "img_size": int(info.input_size[-1]),
             "seed": cfg.seed, "pretrained": t.pretrained, "weights": t.weights,
-            "top1_test": outcome.test_top1, "trained": trained}
+            f"{m}_test": outcome.test_score, "trained": trained}
     res = export_model(model, x, out, set(formats), meta)
     weights = save_weights(model, out / WEIGHTS)
     summary = {"target": t.name, "source": info.name, "init": cfg.init, "teacher": teacher_name,
-               "data": source, "sizes": loaders.sizes, **trained,
-               "best_holdout_top1": outcome.best_holdout_top1,
+               "data": source, "sizes": loaders.sizes, "task": task.name, **trained,
+               f"best_holdout_{m}": outcome.best_holdout_score,
                "images_per_s": outcome.images_per_s, "seconds": outcome.seconds,
                "export_errors": res.errors}
-    write_report(out, summary, outcome.history)
+    write_report(out, summary, outcome.history, task)
     return TrainRun(out, t, outcome, teacher_name, {**res.paths, "weights": weights},
-                    dict(res.errors))
+                    dict(res.errors), task=task.name)
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:
