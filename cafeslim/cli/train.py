@@ -87,6 +87,8 @@ CkptOpt = _int("--ckpt-every", "Steps between last.pt checkpoints besides every 
                "(default 0: epochs only).", lo=0)
 ClassesOpt = _int("--num-classes", "Classifier outputs (MODEL: builds the head; default: the "
                   "data's classes). The data must have as many classes.")
+BnMomOpt = _float("--bn-momentum", "BatchNorm momentum for the training (default: the model's "
+                  "own; torchvision's MobileNetV3 has 0.01, too slow for a few hundred steps).")
 TaskOpt = Annotated[Optional[TaskChoice], _o("--task", case_sensitive=False, help=(
     "classification, segmentation or multilabel (default: the run's or export's; "
     "classification for a MODEL), e.g. `cafeslim train tv:lraspp_mobilenet_v3_large "
@@ -104,7 +106,8 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
                   aug: AugOpt = None, init: InitOpt = None, teacher: TeacherOpt = None,
                   kd_alpha: AlphaOpt = None, kd_temperature: TempOpt = None,
                   threads: ThreadsOpt = None, ckpt_every: CkptOpt = None,
-                  num_classes: ClassesOpt = None, task: TaskOpt = None) -> None:
+                  num_classes: ClassesOpt = None, task: TaskOpt = None,
+                  bn_momentum: BnMomOpt = None) -> None:
     """Train the sub-network a search chose (RUN), an export, or a model, and export it again.
 
     Writes a train/ folder: config.yaml, last.pt (atomic; --resume continues bit-exactly),
@@ -123,6 +126,8 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
 
         cafeslim train tv:lraspp_mobilenet_v3_large --task segmentation --data DIR --epochs 30
 
+        cafeslim train runs/lraspp_mobilenet_v3_large-50pct --bn-momentum 0.1
+
         cafeslim train timm:test_resnet --epochs 20 --out runs/teacher
 
         cafeslim train runs/r50-2G --data /data/imagenet --epochs 100 -b 256 --amp bf16
@@ -134,7 +139,7 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
         "model_ema": model_ema, "workers": workers, "amp": _v(amp), "device": _v(device),
         "seed": seed, "img_size": img_size, "aug": _v(aug), "init": _v(init), "teacher": teacher,
         "kd_alpha": kd_alpha, "kd_temperature": kd_temperature, "ckpt_every": ckpt_every,
-        "num_classes": num_classes, "task": _v(task)}
+        "num_classes": num_classes, "task": _v(task), "bn_momentum": bn_momentum}
     from ..training.run import train_target
     from ..training.target import resolve_target
     from .search import set_threads
@@ -159,6 +164,8 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
                    f"(init {cfg.init}, teacher {res.teacher}; {o.images_per_s:.0f} images/s)"))
     for fmt, why in res.export_errors.items():
         out.print(Text(f"warning: export {fmt} failed: {why}"))
+    for note in res.notes:
+        out.print(Text(f"note: {note}"))
     out.print(Text(f"wrote {res.out_dir}/report.md; next: cafeslim eval {res.out_dir}"))
 
 

@@ -46,7 +46,7 @@ from ..supernet.checkpoint import capture_rng, restore_rng, save_checkpoint
 from ..supernet.schedule import amp_setup
 from ..supernet.train_log import Interrupts, Progress
 from .distill import make_distiller
-from .recipe import ModelEma, make_optimizer, make_scheduler, mix_batch
+from .recipe import ModelEma, make_optimizer, make_scheduler, mix_batch, set_bn_momentum
 from .resume import (BEST, KIND, LAST, METRICS, load_resume, model_fingerprint, refuse_existing,
                      save_best, write_metrics)
 
@@ -277,6 +277,7 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
     elif out is not None:
         distributed.on_main(lambda: refuse_existing(out))
     spe = _steps_per_epoch(data)
+    set_bn_momentum(model, cfg.bn_momentum)  # before the EMA copies the model
     model.to(device).train()
     run = _Run(model, cfg, spe, info, t)
     if ckpt is not None:

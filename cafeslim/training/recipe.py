@@ -132,6 +132,21 @@ def mix_batch(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     return images, lam * soft + (1.0 - lam) * soft[perm]
 
 
+def set_bn_momentum(model: nn.Module, momentum: Optional[float]) -> int:
+    """Give every BatchNorm of ``model`` this momentum (None: leave them); how many changed.
+
+    Example:
+        >>> set_bn_momentum(nn.Sequential(nn.BatchNorm2d(3), nn.ReLU()), 0.1)
+        1
+    """
+    if momentum is None:
+        return 0
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = float(momentum)
+    return len(norms)
+
+
 class ModelEma:
     """An exponential moving average of a model's parameters and buffers (timm's ModelEmaV2).
 
@@ -164,4 +179,4 @@ class ModelEma:
 
 
 __all__ = ["ModelEma", "WarmupSchedule", "classification_loss", "make_optimizer",
-           "make_scheduler", "mix_batch", "soft_targets"]
+           "make_scheduler", "mix_batch", "set_bn_momentum", "soft_targets"]
