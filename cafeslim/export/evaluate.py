@@ -220,6 +220,28 @@ def _task(meta: Dict[str, Any], task: Optional[str]) -> Any:
     return get_task(recorded or task)
 
 
+def _original(source: str, meta: Dict[str, Any], small: Any, data: Optional[str], task: Any) -> Any:
+    """The original model (a ModelInfo) at the export's input size, with its head's classes."""
+    import torch
+
+    from ..data import dataset_classes
+    from ..models import create
+    from ..pipeline.objects import at_size
+
+    shape = tuple(int(v) for v in meta["input_shape"][1:]) if meta.get("input_shape") else None
+    num_classes = meta.get("num_classes")
+    if small is not None and num_classes is None:  # a plain export: read it off the output
+        with torch.inference_mode():
+            num_classes = task.num_outputs(small(torch.zeros(1, *shape)))
+    if small is None and data is not None:
+        num_classes = len(dataset_classes(data, task))
+    info = create(source, pretrained=bool(meta.get("pretrained")), weights=meta.get("weights"),
+                  num_classes=num_classes)
+    if shape is not None and tuple(info.input_size) != shape:
+        info = at_size(info, shape[-1])
+    return info
+
+
 def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[int] = (1, 32),
              repeats: int = 20, max_seconds: float = 3.0, batch_size: int = 64,
              threads: Optional[int] = None, task: Optional[str] = None) -> EvalReport:
@@ -251,28 +273,14 @@ def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[i
     """
     import torch
 
-    from ..data import dataset_classes
     from ..flops import count_flops, count_params
-    from ..models import create
-    from ..pipeline.objects import at_size
     from .formats import save_onnx
 
     folder, meta = _locate(target)
     t = _task(meta, task)
-    source = meta.get("source") or target
     small = _load_model(folder) if folder is not None else None
-    shape = tuple(int(v) for v in meta["input_shape"][1:]) if meta.get("input_shape") else None
-    num_classes = meta.get("num_classes")
-    if small is not None and num_classes is None:  # a plain export: read it off the output
-        with torch.inference_mode():
-            num_classes = t.num_outputs(small(torch.zeros(1, *shape)))
     data = data or meta.get("data")
-    if small is None and data is not None:
-        num_classes = len(dataset_classes(data, t))
-    info = create(source, pretrained=bool(meta.get("pretrained")), weights=meta.get("weights"),
-                  num_classes=num_classes)
-    if shape is not None and tuple(info.input_size) != shape:
-        info = at_size(info, shape[-1])
+    info = _original(meta.get("source") or target, meta, small, data, t)
     shape = tuple(info.input_size)
     original = info.model.eval()
     model = small if small is not None else original

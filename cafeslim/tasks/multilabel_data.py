@@ -36,7 +36,6 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from ..data.folders import split_key
 
 DEMO_LABELS = ("even", "greater_than_4", "prime", "closed_loop")
 _DEMO_SETS = ({0, 2, 4, 6, 8}, {5, 6, 7, 8, 9}, {2, 3, 5, 7}, {0, 4, 6, 8, 9})

@@ -30,97 +30,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
 
 from ..config import RetrainConfig, to_dict
 from ..errors import CheckpointError, ConfigError, DataError
-from ..metrics import measure
 from ..supernet import distributed
 from ..supernet.checkpoint import capture_rng, restore_rng, save_checkpoint
 from ..supernet.schedule import amp_setup
 from ..supernet.train_log import Interrupts, Progress
 from .distill import make_distiller
+from .outcome import TrainOutcome, end_epoch, scores
 from .recipe import ModelEma, make_optimizer, make_scheduler, mix_batch, set_bn_momentum
 from .resume import (BEST, KIND, LAST, METRICS, load_resume, model_fingerprint, refuse_existing,
-                     save_best, write_metrics)
-
-
-@dataclass
-class TrainOutcome:
-    """What :func:`train` did.
-
-    Attributes:
-        model: the trained model (the EMA weights with ``model_ema``), on CPU, in eval mode.
-        epochs: epochs done in total; steps: optimizer steps in total.
-        history: the ``metrics.jsonl`` records, one per epoch.
-        metric: the task's primary metric (``top1``, ``miou``, ``label_acc``).
-        test: every test metric of the task by name, of the returned model on the test split
-            (None values without one); :attr:`test_score` is the primary one.
-        holdout_score: the primary metric of the returned model on the holdout (None without
-            one).
-        best_epoch, best_holdout_score: the epoch ``best.pt`` holds and its holdout score
-            (None without a holdout).
-        test_top1, test_top5, holdout_top1, best_holdout_top1: classification's names of the
-            same numbers (None for the other tasks).
-        images_per_s: training throughput of this invocation.
-        seconds: wall time of this invocation; resumed_from: the step it resumed at, or None.
-    """
-
-    model: nn.Module
-    epochs: int
-    steps: int
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    metric: str = "top1"
-    test: Dict[str, Optional[float]] = field(default_factory=dict)
-    holdout_score: Optional[float] = None
-    best_epoch: Optional[int] = None
-    best_holdout_score: Optional[float] = None
-    images_per_s: float = 0.0
-    seconds: float = 0.0
-    resumed_from: Optional[int] = None
-
-    @property
-    def test_score(self) -> Optional[float]:
-        """The primary metric on the test split: the number to quote (None without one)."""
-        return self.test.get(self.metric)
-
-    @property
-    def test_top1(self) -> Optional[float]:
-        return self.test.get("top1")
-
-    @property
-    def test_top5(self) -> Optional[float]:
-        return self.test.get("top5")
-
-    @property
-    def holdout_top1(self) -> Optional[float]:
-        return self.holdout_score if self.metric == "top1" else None
-
-    @property
-    def best_holdout_top1(self) -> Optional[float]:
-        return self.best_holdout_score if self.metric == "top1" else None
-
-
-def scores(model: nn.Module, batches: Iterable[Any], device: torch.device,
-           task: Any = None) -> Dict[str, float]:
-    """Every metric of the task for ``model`` in eval mode over ``batches``.
-
-    Example:
-        >>> scores(nn.Flatten(), [(torch.eye(3), torch.arange(3))], torch.device("cpu"))
-        {'top1': 1.0, 'top5': 1.0}
-    """
-    was = model.training
-    model.eval()
-    try:
-        return measure(model, batches, task, device)[0]
-    finally:
-        model.train(was)
+                     write_metrics)
 
 
 def _epoch_iter(data: Any, epoch: int, position: int) -> Iterable[Any]:
@@ -255,12 +182,7 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
     Example:
         >>> out = cafeslim.train(small, data, RetrainConfig(epochs=5), out_dir="train")  # doctest: +SKIP
     """
-    from ..tasks import get_task
-
-    t = get_task(task if task is not None else (cfg.task or getattr(data, "task", None)))
-    if getattr(data, "task", t.name) != t.name:
-        raise ConfigError(f"the data were read for {data.task}, the training is {t.name}")
-    t.check_recipe(cfg)
+    t = _task_of(task, cfg, data)
     if hasattr(data, "epoch_batches"):
         test = data.test if test is None else test
         holdout = (data.val if data.sizes.get("val") else None) if holdout is None else holdout
@@ -291,15 +213,35 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
     mixing = cfg.mixup > 0 or cfg.cutmix > 0
     num_classes = _num_classes(model, data, device) if mixing else None
     if out is not None and info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume:  # the log reads as one run: drop epochs after the checkpoint
-            write_metrics(out / METRICS, run.history)
-        else:
-            (out / METRICS).unlink(missing_ok=True)
+        _start_log(out, run.history if resume else None)
     resumed_from = run.step if resume else None
     # Only rank 0 writes files and draws progress; every rank trains and evaluates.
     return _loop(run, data, test, holdout, distiller, num_classes, out if info.main else None,
                  fp, config, progress and info.main, callback, resumed_from)
+
+
+def _task_of(task: Any, cfg: RetrainConfig, data: Any) -> Any:
+    """The training's task (``task``, else ``cfg.task``, else the data's), checked.
+
+    Raises:
+        ConfigError: data read for another task, or a recipe setting the task refuses.
+    """
+    from ..tasks import get_task
+
+    t = get_task(task if task is not None else (cfg.task or getattr(data, "task", None)))
+    if getattr(data, "task", t.name) != t.name:
+        raise ConfigError(f"the data were read for {data.task}, the training is {t.name}")
+    t.check_recipe(cfg)
+    return t
+
+
+def _start_log(out: Path, history: Optional[List[Dict[str, Any]]]) -> None:
+    """Create the folder; a resumed log keeps the epochs of its checkpoint, a new one starts empty."""
+    out.mkdir(parents=True, exist_ok=True)
+    if history is not None:  # the log reads as one run: drop epochs after the checkpoint
+        write_metrics(out / METRICS, history)
+    else:
+        (out / METRICS).unlink(missing_ok=True)
 
 
 def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
@@ -312,37 +254,6 @@ def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
         n = int(model.eval()(images[:1].to(device)).shape[1])
     model.train(was)
     return n
-
-
-def _mean_loss(losses: List[float], info: distributed.DistInfo) -> float:
-    """The epoch's mean training loss; under torchrun over every rank's share of the batches."""
-    mean = sum(losses) / max(len(losses), 1)
-    if not info.distributed:
-        return mean
-    means = distributed.all_gather_object(mean)  # one collective per epoch, equal shares
-    return sum(means) / len(means)
-
-
-def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
-               seconds: float, test: Any, holdout: Any, out: Optional[Path]) -> Dict[str, Any]:
-    """Evaluate after an epoch, keep ``best.pt`` (holdout only) and return the epoch's record."""
-    model = run.result_model
-    record: Dict[str, Any] = {"epoch": epoch + 1, "step": run.step,
-                              "loss": _mean_loss(losses, run.info), "lr": lr,
-                              "img_s": round(seen / max(seconds, 1e-9), 2),
-                              "train_s": round(seconds, 3)}
-    task = run.task
-    key = f"holdout_{task.metric}"
-    record[key] = scores(model, holdout, run.device, task)[task.metric] if holdout is not None else None
-    values = scores(model, test, run.device, task) if test is not None else {}
-    for name in task.metrics:  # classification: test_top1, test_top5
-        record[f"test_{name}"] = values.get(name)
-    if record[key] is not None and record[key] > run.best:
-        run.best, run.best_epoch = record[key], epoch + 1
-        if out is not None:
-            save_best(out / BEST, model, record)
-    run.history.append(record)
-    return record
 
 
 def _stop(flag: bool, info: distributed.DistInfo) -> bool:
@@ -397,7 +308,7 @@ def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
                     if run.step % spe == 0:
                         break
                 n_images += seen
-                record = _end_epoch(run, epoch, losses, lr, seen, time.perf_counter() - t_epoch,
+                record = end_epoch(run, epoch, losses, lr, seen, time.perf_counter() - t_epoch,
                                     test, holdout, out)
                 save()
                 saved_at = run.step

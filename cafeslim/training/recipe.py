@@ -22,7 +22,6 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import RetrainConfig
