@@ -261,7 +261,8 @@ def bn_notes(model: nn.Module, cfg: RetrainConfig, steps: int) -> List[str]:
     A momentum m averages the last ~1/m steps' batch statistics; torchvision's MobileNetV3
     has m = 0.01, and after 300 steps its running statistics still mix in those of much
     earlier weights: measured on the segmentation demo, test mIoU 9.6% with them against
-    53.7% after recalibrating them (docs/tasks.md). Fewer than 10/m steps gets the note.
+    53.7% after recalibrating them (docs/tasks.md). A momentum below PyTorch's default 0.1
+    with fewer than 10/m steps gets the note (0.1 is what it suggests).
 
     Example:
         >>> bn_notes(nn.BatchNorm2d(3, momentum=0.01), RetrainConfig(), 300)[0][:29]
@@ -271,7 +272,7 @@ def bn_notes(model: nn.Module, cfg: RetrainConfig, steps: int) -> List[str]:
         return []
     moms = [m.momentum for m in model.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
-    if not moms or min(moms) * steps >= 10:
+    if not moms or min(moms) >= 0.1 or min(moms) * steps >= 10:
         return []
     return [f"BatchNorm momentum {min(moms):g} and {steps} training steps: the running "
             "statistics the trained model is evaluated with lag its weights; consider "
