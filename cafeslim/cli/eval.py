@@ -57,7 +57,7 @@ def eval_command(target: TargetArg, data: DataOpt = None, batch_sizes: BatchesOp
 
         cafeslim eval tv:resnet18 --batch-sizes 1 --json
 
-        cafeslim eval runs/lraspp_mobilenet_v3_large-50pct/train
+        cafeslim eval runs/lraspp_mobilenet_v3_large-50pct-segmentation/train
     """
     sizes = parse_sizes(batch_sizes)
     from ..export.evaluate import evaluate

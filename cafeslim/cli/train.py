@@ -122,11 +122,9 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
 
         cafeslim train runs/test_resnet-50pct-uniform
 
-        cafeslim train runs/lraspp_mobilenet_v3_large-50pct
-
         cafeslim train tv:lraspp_mobilenet_v3_large --task segmentation --data DIR --epochs 30
 
-        cafeslim train runs/lraspp_mobilenet_v3_large-50pct --bn-momentum 0.1
+        cafeslim train runs/lraspp_mobilenet_v3_large-50pct-segmentation --bn-momentum 0.1
 
         cafeslim train timm:test_resnet --epochs 20 --out runs/teacher
 

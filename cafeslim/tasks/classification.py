@@ -7,6 +7,7 @@ folder (:func:`cafeslim.data.loaders.classification_source`). Mixup, CutMix and 
 distillation (Hinton et al. 2015) apply.
 
 Example:
+    >>> from cafeslim.tasks import get_task
     >>> t = get_task("classification")
     >>> float(t.loss(torch.zeros(2, 2), torch.tensor([0, 1])))
     0.6931471824645996

@@ -13,6 +13,7 @@
   folder, or CelebA's files. Augmentation is classification's (the labels are per image).
 
 Example:
+    >>> from cafeslim.tasks import get_task
     >>> t = get_task("multilabel")
     >>> m = t.meter(); m.update(torch.tensor([[3., -3.], [3., 3.]]), torch.tensor([[1., 0.], [1., 0.]]))
     >>> m.compute()

@@ -20,6 +20,7 @@
   (:class:`~.segmentation_data.JointShift`); timm's recipe cannot move masks and is refused.
 
 Example:
+    >>> from cafeslim.tasks import get_task
     >>> t = get_task("segmentation")
     >>> m = t.meter(); m.update(torch.tensor([[[[9.]], [[0.]]]]), torch.tensor([[[0]]]))
     >>> m.compute()

@@ -47,6 +47,7 @@ DIGITS_PER_CANVAS = 2
 TRAIN_USES = 2
 STROKE = 0.3
 DIGIT_SIZES = (20, 32)
+SCAN_BAR = 200  # masks: a folder with this many gets a progress bar while it is checked
 _DEMO_SEED = 20240611  # fixed: the canvases must not move with --seed
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
                "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
@@ -251,10 +252,21 @@ def _mask_values(image: str, mask: str) -> np.ndarray:
     return values
 
 
-def _check_masks(pairs: Sequence[Tuple[str, str]], classes: Optional[int]) -> int:
+def _checked(pairs: Sequence[Tuple[str, str]], what: str) -> Any:
+    """``pairs``, with a progress bar on stderr for a folder that takes a while to read."""
+    if len(pairs) < SCAN_BAR or os.environ.get("RANK", "0") != "0":
+        return pairs
+    from rich.console import Console
+    from rich.progress import track
+
+    return track(pairs, description=f"checking {what} masks", console=Console(stderr=True),
+                 transient=True)
+
+
+def _check_masks(pairs: Sequence[Tuple[str, str]], classes: Optional[int], what: str = "") -> int:
     """Read every mask: the class count (given, or one more than the largest index)."""
     top = -1
-    for image, mask in pairs:
+    for image, mask in _checked(pairs, what):
         values = _mask_values(image, mask)
         values = values[values != IGNORE_INDEX]
         if values.size:
@@ -312,9 +324,9 @@ def scan_segmentation(root: str) -> SegFolder:
         names = names or VOC_CLASSES
     else:
         raise DataError(f"segmentation data folder {base} has neither layout: {LAYOUT}")
-    count = _check_masks(train, len(names) if names else None)
+    count = _check_masks(train, len(names) if names else None, "training")
     if test:
-        _check_masks(test, count)
+        _check_masks(test, count, "test")
     if count < 2:
         raise DataError(f"the masks of {base} hold fewer than two classes")
     classes = names or tuple(str(i) for i in range(count))

@@ -74,9 +74,13 @@ def test_segmentation_folder_pairs_images_and_masks(tmp_path):
     assert int(mask[4, 0]) == 2 and int(mask[4, 7]) == 0
 
 
-def test_segmentation_classes_from_the_masks_without_classes_txt(tmp_path):
+def test_segmentation_classes_from_the_masks_without_classes_txt(tmp_path, monkeypatch, capsys):
+    from cafeslim.tasks import segmentation_data
+
+    monkeypatch.setattr(segmentation_data, "SCAN_BAR", 1)   # the progress bar of a big folder
     scanned = scan_segmentation(_fresh(seg_folder(tmp_path / "d", classes=None)))
     assert scanned.classes == ("0", "1", "2")
+    assert capsys.readouterr().out == ""   # the bar is on stderr, never on stdout
 
 
 def test_voc_layout_with_palette_masks_and_its_class_names(tmp_path):
