@@ -1,8 +1,11 @@
 """Data loaders for supernet training and search: D_tr, D_val, the test split, calibration.
 
-:func:`build_data` turns ``--data`` (``demo`` or an ImageNet-layout folder) into a :class:`Data`:
+:func:`build_data` turns ``--data`` (``demo`` or a folder) into a :class:`Data`. The task
+(:mod:`cafeslim.tasks`) reads the samples — the digits or an ImageNet-layout folder for
+classification (:func:`classification_source`), image + mask folders for segmentation, a label
+table for multi-label — and this module splits and loads them alike:
 
-* ``train`` — D_tr, the training images minus D_val, with timm's training augmentation;
+* ``train`` — D_tr, the training images minus D_val, with the training augmentation;
 * ``val`` — D_val, split off the training images by ``val_split`` and the seed (the paper's
   D_tr / D_val): the search measures sub-networks on it, never on the real validation set;
 * ``test`` — the real ``val/`` folder (or the demo's fixed held-out split), for final

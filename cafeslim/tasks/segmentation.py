@@ -133,18 +133,16 @@ class SegmentationTask(Task):
     labels = {"miou": "mIoU", "pixel_acc": "pixel accuracy"}
     layout = LAYOUT
     demo_preset = {
-        # tv:lraspp_mobilenet_v3_large at 64 px (docs/tasks.md): 12 epochs at batch 32 are
-        # 480 min-min steps, 5.5 minutes of search on two loaded cores with the 8 x 4 search;
-        # the supernet stays weak at this length (D_val mIoU 13.7%), more steps cost minutes.
-        "train": {"epochs": 12, "batch_size": 32, "lr": 0.1, "warmup_epochs": 0.5},
+        # tv:lraspp_mobilenet_v3_large at 64 px (docs/tasks.md): 10 epochs at batch 32 are
+        # 400 min-min steps, with the 8 x 4 search about 6-7 minutes on two cores at load 3
+        # (12 epochs took 5.5-8.6 minutes). The supernet stays weak at this length (D_val
+        # mIoU 11-16% whether 200 or 480 steps): more steps cost minutes and change little.
+        "train": {"epochs": 10, "batch_size": 32, "lr": 0.1, "warmup_epochs": 0.5},
         "search": {"population": 8, "iterations": 4, "parents": 3, "samples": 32},
     }
 
     def loss_fn(self, label_smoothing: float = 0.0) -> LossFn:
         return _PixelLoss()
-
-    def num_outputs(self, output: Any) -> int:
-        return int(self.select(output).shape[1])
 
     def distill(self, student: Any, teacher: Any, temperature: float) -> torch.Tensor:
         s, t = self.select(student), self.select(teacher)

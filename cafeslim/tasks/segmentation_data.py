@@ -361,7 +361,8 @@ class MaskFolder(ImageFolder):
         with Image.open(mask) as m:
             target = np.array(m.resize(self.size[::-1], Image.NEAREST), dtype=np.int64)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        x = x[:self.channels] if self.channels <= 3 else x.mean(0, keepdim=True).expand(self.channels, -1, -1)
+        if self.channels != 3:  # a grey (or many-channel) model: the image's brightness
+            x = x.mean(0, keepdim=True).expand(self.channels, -1, -1)
         return (x - self.mean) / self.std, torch.from_numpy(target)
 
     def __getitem__(self, key: Any) -> Tuple[torch.Tensor, torch.Tensor]:
