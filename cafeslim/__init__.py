@@ -15,6 +15,10 @@ Example:
     >>> result = cafeslim.search_widths(net, val_batches, recal_batches, budget="50%")  # doctest: +SKIP
     >>> small = cafeslim.slim(model, graph, result.spec)                    # doctest: +SKIP
     >>> out = cafeslim.train(small, loaders, cafeslim.RetrainConfig(epochs=10))  # doctest: +SKIP
+
+Other tasks than classification: ``cafeslim.get_task("segmentation")`` (or ``"multilabel"``)
+gives the loss for ``minmin_step`` (``task.loss``) and the metric for ``search_widths(...,
+task=task)`` and ``train(..., task=task)``.
 """
 
 import importlib
@@ -32,6 +36,7 @@ _EXPORTS = {
     "models": ["create"],
     "ops": ["OpHandler", "register_op", "registered_op", "unregister_op"],
     "supernet": ["Supernet"],
+    "tasks": ["get_task"],
     "training": ["train"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}

@@ -9,6 +9,10 @@ line (:mod:`cafeslim.pipeline`) are built on the same functions::
     net = cafeslim.Supernet(model, graph, space)              # locally free supernet
     cafeslim.minmin_step(net, images, targets, loss_fn, opt)  # inside any training loop
     result = cafeslim.search_widths(net, val_batches, recal_batches, budget="50%")
+
+    task = cafeslim.get_task("segmentation")                  # or "multilabel"
+    cafeslim.minmin_step(net, images, masks, task.loss, opt)  # per-pixel cross-entropy
+    result = cafeslim.search_widths(net, val_batches, recal_batches, task=task)  # D_val mIoU
     small = cafeslim.slim(model, graph, result.spec)          # physically smaller copy
     cafeslim.export_files(small, example_input, "out", graph=graph, spec=result.spec)
     det = cafeslim.transfer_widths(cafeslim.create("tv:fasterrcnn_resnet50_fpn"),
@@ -78,7 +82,8 @@ def minmin_step(net: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     Args:
         net: a :class:`Supernet` (or a DDP wrapper of one), in train mode.
         images, targets: one batch on the supernet's device.
-        loss_fn: ``loss_fn(outputs, targets)`` -> scalar.
+        loss_fn: ``loss_fn(outputs, targets)`` -> scalar, e.g. ``F.cross_entropy`` or a
+            task's ``cafeslim.get_task("segmentation").loss``.
         optimizer: over ``net.parameters()``.
         config: the step's settings (default: the space's offset, nothing else).
         rng: the width sampler (default: one generator per supernet, seeded 0; under DDP pass
@@ -110,7 +115,8 @@ class SearchOutcome:
         spec: the winning IndexSpec (give it to :func:`slim`).
         widths: searchable group id -> channels kept.
         flops: FLOPs of the winner by the FLOPs model (equals fvcore on the slimmed model).
-        score: its D_val top-1 after BN recalibration (a selection score, not an accuracy).
+        score: its D_val score after BN recalibration — the task's metric: top-1, mIoU, mean
+            label accuracy (a selection score, not an accuracy).
         budget: the budget in FLOPs; k: the winner's bins per group.
         result: the searcher's full :class:`~cafeslim.search.SearchResult` (history, state).
     """
@@ -126,7 +132,7 @@ class SearchOutcome:
 
 def search_widths(net: nn.Module, val_batches: Batches, recal_batches: Batches,
            budget: Union[str, float] = "50%", config: Optional[SearchConfig] = None, *,
-           flops_model: Any = None, seed: int = 0) -> SearchOutcome:
+           flops_model: Any = None, seed: int = 0, task: Any = None) -> SearchOutcome:
     """Max-max search (Eq. 13) of the best widths of a trained supernet under one budget.
 
     Args:
@@ -138,6 +144,8 @@ def search_widths(net: nn.Module, val_batches: Batches, recal_batches: Batches,
             method fields are not used here.
         flops_model: the graph's FLOPs model (None: built from ``net.graph``).
         seed: seeds the search.
+        task: a :mod:`cafeslim.tasks` task or its name, whose metric scores the widths on
+            ``val_batches`` (None: classification's top-1), e.g. ``get_task("segmentation")``.
 
     Raises:
         BudgetError: a malformed or unreachable budget.
@@ -157,7 +165,7 @@ def search_widths(net: nn.Module, val_batches: Batches, recal_batches: Batches,
     fm = flops_model if flops_model is not None else FlopsModel(graph)
     limit = parse_budget(budget, fm.full, min_space_flops(space, fm))
     fitness = Fitness(net, space, recal_batches, val_batches, recal_n=cfg.recal_batches,
-                      eval_n=cfg.eval_batches, flops_model=fm)
+                      eval_n=cfg.eval_batches, flops_model=fm, task=task)
     res = search_with(cfg, fitness, space, fm, [limit], seed=seed)[0]
     spec = res.best.best_spec
     return SearchOutcome(spec, graph.widths_of(spec), float(res.best.flops), float(res.best.top1),

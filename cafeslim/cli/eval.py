@@ -9,8 +9,9 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from ..config import RunSettings
 from ..errors import ConfigError
-from .common import JsonOpt, human, out, print_json
+from .common import JsonOpt, choice_enum, human, out, print_json
 
 if TYPE_CHECKING:
     from ..export.evaluate import EvalReport
@@ -30,14 +31,21 @@ RepeatsOpt = Annotated[int, typer.Option(
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     "--threads", min=1, show_default=False,
     help="CPU threads for PyTorch and onnxruntime (default: the idle cores, at least 1).")]
+TaskChoice = choice_enum(RunSettings, "task")
+TaskOpt = Annotated[Optional[TaskChoice], typer.Option(
+    "--task", case_sensitive=False, show_default=False,
+    help="classification, segmentation or multilabel, for a MODEL name (an export records its "
+         "own), e.g. `cafeslim eval tv:lraspp_mobilenet_v3_large --task segmentation --data DIR`.")]
 
 
 def eval_command(target: TargetArg, data: DataOpt = None, batch_sizes: BatchesOpt = "1,32",
                  repeats: RepeatsOpt = 20, threads: ThreadsOpt = None,
-                 json_out: JsonOpt = False) -> None:
+                 json_out: JsonOpt = False, task: TaskOpt = None) -> None:
     """Evaluate an exported model against the original: accuracy, FLOPs, params, latency.
 
-    Top-1/top-5 on the held-out split (val/ of the data folder, or the demo's test digits),
+    The task's metrics (top-1/top-5; segmentation mIoU and pixel accuracy; multi-label mean
+    label accuracy and exact match) on the held-out split (val/ of the data folder, or the
+    demo's test part),
     fvcore FLOPs and parameters, and the median latency in PyTorch and onnxruntime at each
     batch size on this machine; every number also as a ratio to the original model.
 
@@ -48,12 +56,15 @@ def eval_command(target: TargetArg, data: DataOpt = None, batch_sizes: BatchesOp
         cafeslim eval exports/r50 --data /data/imagenet --batch-sizes 1,32,128
 
         cafeslim eval tv:resnet18 --batch-sizes 1 --json
+
+        cafeslim eval runs/lraspp_mobilenet_v3_large-50pct-segmentation/train
     """
     sizes = parse_sizes(batch_sizes)
     from ..export.evaluate import evaluate
     from .search import set_threads
 
-    rep = evaluate(target, data, batch_sizes=sizes, repeats=repeats, threads=set_threads(threads))
+    rep = evaluate(target, data, batch_sizes=sizes, repeats=repeats, threads=set_threads(threads),
+                   task=task.value if task is not None else None)
     if json_out:
         print_json(rep.to_json())
     else:
@@ -76,10 +87,10 @@ def parse_sizes(text: str) -> List[int]:
     return sizes
 
 
-def _fmt(name: str, v: Optional[float]) -> str:
+def _fmt(name: str, v: Optional[float], unit: str = "") -> str:
     if v is None:
         return "–"
-    if name.startswith("top"):
+    if unit == "%":  # the task's metrics: top-1, mIoU, mean label accuracy, ...
         return f"{100 * v:.2f}%"
     if name.startswith("latency"):
         return f"{1000 * v:.2f} ms"
@@ -99,7 +110,7 @@ def render_eval(rep: "EvalReport") -> None:
     for head in ("metric", "this", "original", "ratio"):
         table.add_column(head, justify="left" if head == "metric" else "right", no_wrap=True)
     for m in rep.metrics:
-        table.add_row(m.name, _fmt(m.name, m.value), _fmt(m.name, m.original),
+        table.add_row(m.name, _fmt(m.name, m.value, m.unit), _fmt(m.name, m.original, m.unit),
                       "–" if m.ratio is None else f"{m.ratio:.3f}×")
     out.print(table)
     for note in rep.notes:

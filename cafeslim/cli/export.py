@@ -237,10 +237,10 @@ def render_run_export(rep: "RunExportReport") -> None:
     out.print(Text(f"exported {rep.run_dir} budget {rep.budget} (init {rep.init})", style="bold"))
     out.print(before_after("FLOPs", rep.flops_before, rep.flops_after))
     out.print(before_after("params", rep.params_before, rep.params_after))
-    table = Table(title=f"parity on D_val ({rep.images} images; the search recorded top-1 "
-                        f"{100 * rep.recorded_top1:.2f}%)", title_justify="left",
+    table = Table(title=f"parity on D_val ({rep.images} images; the search recorded "
+                        f"{rep.score_label} {100 * rep.recorded_top1:.2f}%)", title_justify="left",
                   box=box.SIMPLE_HEAD)
-    for head in ("model", "top-1", "max |Δ logit|", "vs"):
+    for head in ("model", rep.score_label, "max |Δ logit|", "vs"):
         table.add_column(head, justify="left" if head in ("model", "vs") else "right")
     for r in rep.parity:
         table.add_row(r.what, "–" if r.top1 is None else f"{100 * r.top1:.2f}%",

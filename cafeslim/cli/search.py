@@ -17,7 +17,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..config import BinsConfig, SearchConfig, TrainConfig, load_settings, resolve_settings
+from ..config import BinsConfig, RunSettings, SearchConfig, TrainConfig, load_settings, resolve_settings
 from ..errors import ConfigError
 from ..pipeline.rundir import default_run_dir
 from .aug import (AaOpt, AugOpt, HflipOpt, NoAugOpt, RatioOpt, ReprobOpt, ScaleOpt, ShiftOpt,
@@ -30,6 +30,7 @@ SearcherChoice = choice_enum(SearchConfig, "searcher")  # evolution (CafeNet-E),
 Device = choice_enum(TrainConfig, "device")
 Sampling = choice_enum(TrainConfig, "sampling")
 Order = choice_enum(BinsConfig, "order")  # which channels a width keeps first
+TaskChoice = choice_enum(RunSettings, "task")  # what the network predicts
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:  # noqa: A002 - typer's keyword
@@ -41,7 +42,13 @@ FlopsOpt = Annotated[Optional[str], _opt("--flops", metavar="B", help=(
     "(1G,2G) are searched on one supernet."))]
 DataOpt = Annotated[Optional[str], _opt("--data", metavar="demo|demo-hard|DIR", help=(
     "demo (built-in digits, default), demo-hard (synthetic composites of them) or an "
-    "ImageNet-layout folder (train/CLASS/*, optional val/)."))]
+    "ImageNet-layout folder (train/CLASS/*, optional val/). Segmentation: train/images/ + "
+    "train/masks/ (or VOC's layout); multilabel: train/labels.csv (or CelebA's files); "
+    "docs/tasks.md."))]
+TaskOpt = Annotated[Optional[TaskChoice], _opt("--task", case_sensitive=False, help=(
+    "classification (default: cross-entropy, D_val top-1), segmentation (per-pixel "
+    "cross-entropy, D_val mIoU; e.g. tv:lraspp_mobilenet_v3_large) or multilabel (binary "
+    "cross-entropy, D_val mean label accuracy); --data demo has a demo of each."))]
 OutOpt = Annotated[Optional[Path], _opt("--out", metavar="DIR",
                                         help="Run folder (default runs/MODEL-BUDGET).")]
 ConfigOpt = Annotated[Optional[Path], _opt("--config", metavar="YAML", help=(
@@ -116,7 +123,7 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
                    hflip: HflipOpt = None, aa: AaOpt = None, reprob: ReprobOpt = None,
                    shift: ShiftOpt = None, threads: ThreadsOpt = None,
                    weights: WeightsOpt = None, pretrained: PretrainedOpt = False,
-                   order: OrderOpt = None) -> None:
+                   order: OrderOpt = None, task: TaskOpt = None) -> None:
     """Train a CafeNet supernet on MODEL and search its per-layer widths under FLOPs budgets.
 
     Analyses the model, makes FLOPs-sensitive bins, trains the supernet with min-min steps,
@@ -140,6 +147,10 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
         cafeslim search tv:resnet18 --flops 50% --data DIR --scale 0.35 1 --hflip 0.5 --sampling mixed
 
         cafeslim search timm:test_resnet --flops 50% --resume
+
+        cafeslim search tv:lraspp_mobilenet_v3_large --task segmentation --flops 50%
+
+        cafeslim search timm:test_resnet --task multilabel --flops 50% --data /data/celeba
     """
     flags = {
         "train": {"epochs": epochs, "batch_size": batch_size, "workers": workers,
@@ -156,16 +167,19 @@ def search_command(model: ModelArg, flops: FlopsOpt = None, data: DataOpt = None
     }
     from ..pipeline import run_search
 
+    task_value = task.value if task is not None else None
     if resume:
         if config is not None:
             raise ConfigError("--resume takes the run's own config.yaml; drop --config")
         if out_dir is None:  # the default folder follows from the flags as on the first run
-            out_dir = default_run_dir(resolve_settings(model, None, data, flags, pretrained, weights))
+            out_dir = default_run_dir(resolve_settings(model, None, data, flags, pretrained, weights,
+                                                       task=task_value))
         saved = load_settings(out_dir).to_dict()
         settings = resolve_settings(model, saved, data, flags, pretrained or None, weights,
-                                    preset=False)
+                                    preset=False, task=task_value)
     else:
-        settings = resolve_settings(model, config, data, flags, pretrained, weights)
+        settings = resolve_settings(model, config, data, flags, pretrained, weights,
+                                    task=task_value)
         out_dir = out_dir or default_run_dir(settings)
     set_threads(threads)
     res = run_search(settings, out_dir, resume=resume, force=force)
@@ -219,9 +233,10 @@ def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:
                       f"{human(b['params'])} ({b['params_ratio']:.3f}×)", score_cell(result, b),
                       str(b["evaluated"]))
     out.print(table)
-    out.print(Text("D_val score: top-1 on the images the search selected on, a selection score, "
-                   "not the model's accuracy" + (" (uniform trains no weights: none to show)"
-                                                 if result["method"] == "uniform" else "")))
+    label = (result.get("score") or {}).get("label", "top-1")  # the task's metric
+    out.print(Text(f"D_val score: {label} on the images the search selected on, a selection "
+                   "score, not the model's accuracy" + (" (uniform trains no weights: none to "
+                                                        "show)" if result["method"] == "uniform" else "")))
     out.print(Text(f"the accuracy to quote: cafeslim train {run_dir}, then cafeslim eval "
                    f"{run_dir}/train (test split, trained with the same recipe for every method)"))
     out.print(Text(f"wrote {run_dir}/result.json and {run_dir}/report.md ({result['seconds']:.0f} s)"))

@@ -13,9 +13,10 @@ Example:
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Literal, Mapping, Optional, Union
 
 from ..errors import CheckpointError, ConfigError
 from .files import load_yaml, resolve, section, to_dict
@@ -44,7 +45,52 @@ DEMO_HARD = "demo-hard"
 BUILTIN_IMG_SIZE = {DEMO: DEMO_IMG_SIZE, DEMO_HARD: 32}
 """The built-in data sets (``cafeslim.data``) and their default input size (the hard
 composites are drawn on a 32 px canvas). Both get :data:`DEMO_PRESET`."""
-_TOP = {"format", "model", "data", "pretrained", "weights", "train", "search", "bins"}
+_TOP = {"format", "model", "task", "data", "pretrained", "weights", "train", "search", "bins"}
+TaskName = Literal["classification", "segmentation", "multilabel"]
+"""What the network predicts (:mod:`cafeslim.tasks`): the choices of ``--task``."""
+
+
+def task_name(value: Any) -> str:
+    """A task name checked against :data:`TaskName` (None: ``classification``, old runs).
+
+    Raises:
+        ConfigError: not one of the tasks.
+
+    Example:
+        >>> task_name(None), task_name("segmentation")
+        ('classification', 'segmentation')
+    """
+    if value is None:
+        return "classification"
+    valid = typing.get_args(TaskName)
+    if value not in valid:
+        raise ConfigError(f"invalid task {value!r}; choose from {', '.join(valid)}")
+    return str(value)
+
+
+def demo_preset(data: str, task: str, trained: bool) -> Dict[str, Dict[str, Any]]:
+    """The preset settings of built-in data for a task (empty for a folder).
+
+    :data:`DEMO_PRESET`, with ``demo-hard``'s longer training, a task's own demo settings
+    (:attr:`cafeslim.tasks.Task.demo_preset`: its demo may need more steps or a smaller
+    search) and, when the original has weights, :data:`DEMO_TRAINED_START`.
+
+    Example:
+        >>> demo_preset("demo", "classification", False)["train"]["epochs"]
+        6
+    """
+    if data not in BUILTIN_IMG_SIZE:
+        return {}
+    from ..tasks import get_task  # torch is imported here, at run time, not for --help
+
+    pre = {name: dict(block) for name, block in DEMO_PRESET.items()}
+    if data == DEMO_HARD:
+        pre["train"].update(DEMO_HARD_TRAIN)
+    for name, block in get_task(task).demo_preset.items():
+        pre.setdefault(name, {}).update(block)
+    if trained:
+        pre["train"].update(DEMO_TRAINED_START)
+    return pre
 
 
 def default_order(order: Optional[str], has_weights: bool) -> str:
@@ -86,6 +132,10 @@ class RunSettings:
 
     A ``fixed`` run's offset is always 0 (:func:`method_offset`), whatever ``train`` says.
 
+    ``task`` (:mod:`cafeslim.tasks`) decides the loss, the search's fitness and the metric
+    that ``train`` and ``eval`` report; a ``config.yaml`` written before tasks existed has no
+    ``task:`` and loads as ``classification``.
+
     Example:
         >>> RunSettings("timm:test_resnet", search=SearchConfig(flops="50%")).search.budgets
         ['50%']
@@ -93,6 +143,7 @@ class RunSettings:
 
     model: str
     data: str = DEMO
+    task: TaskName = "classification"
     pretrained: bool = False
     weights: Optional[str] = None
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -100,13 +151,14 @@ class RunSettings:
     bins: BinsConfig = field(default_factory=BinsConfig)
 
     def __post_init__(self) -> None:
+        task_name(self.task)
         offset = method_offset(self.search.method, None)
         if offset is not None and self.train.offset != offset:
             object.__setattr__(self, "train", replace(self.train, offset=offset))
 
     def to_dict(self) -> Dict[str, Any]:
         """The ``config.yaml`` document."""
-        return {"format": RUN_FORMAT, "model": self.model, "data": self.data,
+        return {"format": RUN_FORMAT, "model": self.model, "task": self.task, "data": self.data,
                 "pretrained": self.pretrained, "weights": self.weights,
                 "train": to_dict(self.train), "search": to_dict(self.search),
                 "bins": to_dict(self.bins)}
@@ -120,7 +172,7 @@ class RunSettings:
         if y.get("format") == RUN_FORMAT and train and "aug" not in train:
             # Written before the supernet had augmentation settings: keep what it trained with.
             train["aug"] = "none" if data == DEMO else "timm"
-        return cls(model=str(y["model"]), data=data,
+        return cls(model=str(y["model"]), data=data, task=task_name(y.get("task")),
                    pretrained=bool(y.get("pretrained", False)), weights=y.get("weights"),
                    train=resolve(TrainConfig, None, train),
                    search=resolve(SearchConfig, None, section(y, "search")),
@@ -148,7 +200,7 @@ def load_settings(run_dir: Union[str, Path]) -> RunSettings:
 def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
                      flags: Mapping[str, Mapping[str, Any]], pretrained: Optional[bool] = None,
                      weights: Optional[Union[str, Path]] = None,
-                     preset: bool = True) -> RunSettings:
+                     preset: bool = True, task: Optional[str] = None) -> RunSettings:
     """Settings from flags > YAML (a path or a loaded mapping) > demo preset > defaults.
 
     Args:
@@ -158,6 +210,8 @@ def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
         flags: ``{"train": {...}, "search": {...}, "bins": {...}}``; None values are not given.
         pretrained, weights: the model's initial weights (flags win over the YAML).
         preset: apply :data:`DEMO_PRESET` for demo data (False when resuming a saved run).
+        task: ``classification``, ``segmentation`` or ``multilabel`` (None: the YAML's, else
+            ``classification``).
 
     Raises:
         ConfigError: unknown sections or keys, invalid values, or a contradiction
@@ -175,11 +229,8 @@ def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
     data = str(data or y.get("data") or DEMO)
     is_pretrained = bool(pretrained if pretrained else y.get("pretrained", False))
     weights = str(weights) if weights is not None else y.get("weights")
-    pre = dict(DEMO_PRESET) if preset and data in BUILTIN_IMG_SIZE else {}
-    if pre and data == DEMO_HARD:
-        pre["train"] = {**pre["train"], **DEMO_HARD_TRAIN}
-    if pre and (is_pretrained or weights):
-        pre["train"] = {**pre["train"], **DEMO_TRAINED_START}
+    task = task_name(task if task is not None else y.get("task"))
+    pre = demo_preset(data, task, is_pretrained or bool(weights)) if preset else {}
     layer = {name: {**pre.get(name, {}), **section(y, name)} for name in ("train", "search", "bins")}
     search = resolve(SearchConfig, flags.get("search"), layer["search"])
     train_flags: Dict[str, Any] = dict(flags.get("train") or {})
@@ -192,11 +243,12 @@ def resolve_settings(model: Optional[str], config: Any, data: Optional[str],
     given = bins_flags.get("order") if bins_flags.get("order") is not None else layer["bins"].get("order")
     bins_flags["order"] = default_order(given, is_pretrained or bool(weights))
     return RunSettings(
-        model=str(name), data=data, search=search, pretrained=is_pretrained, weights=weights,
+        model=str(name), data=data, task=task, search=search, pretrained=is_pretrained, weights=weights,
         train=resolve(TrainConfig, train_flags, layer["train"]),
         bins=resolve(BinsConfig, bins_flags, layer["bins"]))
 
 
 __all__ = ["BUILTIN_IMG_SIZE", "CONFIG_FILE", "DEMO", "DEMO_HARD", "DEMO_IMG_SIZE", "DEMO_PRESET",
-           "DEMO_HARD_TRAIN", "DEMO_TRAINED_START", "RUN_FORMAT", "RunSettings", "default_order", "load_settings",
-           "method_offset", "resolve_settings"]
+           "DEMO_HARD_TRAIN", "DEMO_TRAINED_START", "RUN_FORMAT", "RunSettings", "TaskName",
+           "default_order", "demo_preset", "load_settings", "method_offset", "resolve_settings",
+           "task_name"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from .aug import AugConfig
+from .run import TaskName, task_name
 from .stages import _check, choices  # noqa: F401 - choices: the doctest's and callers' helper
 
 # Where a resumed training may differ from the first invocation: how, not what, it computes.
@@ -69,9 +70,16 @@ class RetrainConfig(AugConfig):
         kd_alpha: weight of the distillation term (loss = (1-α)·CE + α·T²·KL).
         kd_temperature: T of the distillation softmax.
         ckpt_every: steps between ``last.pt`` checkpoints besides every epoch's end (0: off).
+        bn_momentum: BatchNorm momentum for the training (timm's ``--bn-momentum``); None:
+            the model's own. torchvision's MobileNetV3 uses 0.01, whose running statistics
+            still lag the weights after a few hundred steps (docs/tasks.md).
         num_classes: outputs of the classifier. A model TARGET is built with this many (None:
             the data's class count); a run or export keeps its head, and either way the data
-            must have exactly this many classes.
+            must have exactly this many classes (segmentation: classes with the background;
+            multi-label: labels).
+        task: ``classification``, ``segmentation`` or ``multilabel`` (:mod:`cafeslim.tasks`);
+            None: the run's or export's own, ``classification`` for a model name. The
+            training folder's ``config.yaml`` records the task used.
 
     Example:
         >>> RetrainConfig(batch_size=128).peak_lr()
@@ -105,8 +113,12 @@ class RetrainConfig(AugConfig):
     kd_temperature: float = 4.0
     ckpt_every: int = 0
     num_classes: Optional[int] = None
+    task: Optional[TaskName] = None
+    bn_momentum: Optional[float] = None
 
     def __post_init__(self) -> None:
+        if self.task is not None:
+            task_name(self.task)
         _check(((self.epochs >= 1, "epochs must be at least 1"),
                 (self.batch_size >= 1, "batch_size must be at least 1"),
                 (self.lr is None or self.lr > 0, "lr must be positive"),
@@ -126,7 +138,9 @@ class RetrainConfig(AugConfig):
                 (self.kd_temperature > 0, "kd_temperature must be positive"),
                 (self.ckpt_every >= 0, "ckpt_every must be non-negative"),
                 (self.num_classes is None or self.num_classes >= 1,
-                 "num_classes must be at least 1")))
+                 "num_classes must be at least 1"),
+                (self.bn_momentum is None or 0 < self.bn_momentum <= 1,
+                 "bn_momentum must be in (0, 1]")))
         super().__post_init__()
 
     def peak_lr(self, world_size: int = 1) -> float:

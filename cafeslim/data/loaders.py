@@ -1,8 +1,11 @@
 """Data loaders for supernet training and search: D_tr, D_val, the test split, calibration.
 
-:func:`build_data` turns ``--data`` (``demo`` or an ImageNet-layout folder) into a :class:`Data`:
+:func:`build_data` turns ``--data`` (``demo`` or a folder) into a :class:`Data`. The task
+(:mod:`cafeslim.tasks`) reads the samples — the digits or an ImageNet-layout folder for
+classification (:func:`classification_source`), image + mask folders for segmentation, a label
+table for multi-label — and this module splits and loads them alike:
 
-* ``train`` — D_tr, the training images minus D_val, with timm's training augmentation;
+* ``train`` — D_tr, the training images minus D_val, with the training augmentation;
 * ``val`` — D_val, split off the training images by ``val_split`` and the seed (the paper's
   D_tr / D_val): the search measures sub-networks on it, never on the real validation set;
 * ``test`` — the real ``val/`` folder (or the demo's fixed held-out split), for final
@@ -33,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import DataError
 from ..models import ModelInfo
+from ..tasks.base import DataSource
 from .augment import PadCrop, TimmOnTensors, default_shift, resolve_aug
 from .composite import DEMO_HARD, make_hard
 from .demo import DEMO_CLASSES, DigitsDataset, demo_splits, load_digit_images
@@ -113,6 +117,7 @@ class Data:
         sampler: the train loader's :class:`ResumableSampler`.
         batch_size: per-process batch size.
         sizes: image counts of ``train``, ``val`` and ``test``.
+        task: the name of the :mod:`cafeslim.tasks` task the data were read for.
     """
 
     source: str
@@ -125,6 +130,7 @@ class Data:
     batch_size: int
     sizes: dict = field(default_factory=dict)
     _bad: Any = None
+    task: str = "classification"
 
     @property
     def num_classes(self) -> int:
@@ -157,15 +163,32 @@ def _scan(root: str) -> Tuple[FolderSplit, Optional[FolderSplit]]:
     return scan_imagenet(root)
 
 
-def dataset_classes(data: str) -> Tuple[str, ...]:
+def dataset_classes(data: str, task: Any = None) -> Tuple[str, ...]:
     """Class names of ``--data`` without building loaders (to size the classifier first).
 
+    ``task`` (:func:`cafeslim.tasks.get_task`; None: classification) decides how the data are
+    read: segmentation's classes include the background, multi-label's are the label names.
+
     Raises:
-        DataError: see :func:`~cafeslim.data.folders.scan_imagenet`.
+        DataError: see :func:`~cafeslim.data.folders.scan_imagenet` (or the task's reader).
 
     Example:
         >>> len(dataset_classes("demo"))
         10
+    """
+    from ..tasks import get_task
+
+    t = get_task(task)
+    t.check_builtin(data)
+    return tuple(t.classes(data))
+
+
+def folder_classes(data: str) -> Tuple[str, ...]:
+    """Classification's classes: the digits' for built-in data, else ``train/``'s folders.
+
+    Example:
+        >>> folder_classes("demo")[:3]
+        ('0', '1', '2')
     """
     if data in BUILTIN:
         return DEMO_CLASSES
@@ -180,33 +203,20 @@ def _dist_rank_world() -> Tuple[int, int]:
     return 0, 1
 
 
-def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
-    """Build the loaders of ``--data`` for a model, following its preprocessing.
+def classification_source(data: str, info: ModelInfo, cfg: Any, bad: Any) -> DataSource:
+    """Classification's samples: the digits (``demo``, ``demo-hard``) or an ImageNet folder.
 
-    Args:
-        data: ``demo``, ``demo-hard`` (:mod:`.composite`) or a folder in ImageNet layout (``train/<class>/*``, optional ``val/``).
-        info: the created model (input size, mean/std, interpolation, crop).
-        cfg: a :class:`~cafeslim.config.TrainConfig` (or anything with ``batch_size``,
-            ``workers``, ``seed``, ``val_split``, ``img_size`` and ``device``; optionally the
-            :class:`~cafeslim.config.AugConfig` fields, see
-            :func:`~cafeslim.data.augment.resolve_aug`).
-
-    Raises:
-        DataError: layout errors (see :func:`~cafeslim.data.folders.scan_imagenet`), or a
-            training set smaller than one global batch.
+    D_tr's dataset carries the resolved augmentation (:func:`train_augmentation`).
 
     Example:
-        >>> info = create("timm:test_resnet", num_classes=10)              # doctest: +SKIP
-        >>> data = build_data("demo", info, TrainConfig())                # doctest: +SKIP
-        >>> data.num_classes, data.sizes["val"]                           # doctest: +SKIP
-        (10, 144)
+        >>> src = classification_source("demo", info, TrainConfig(), None)   # doctest: +SKIP
+        >>> len(src.pool), len(src.test)                                     # doctest: +SKIP
+        (1438, 359)
     """
     from ..config import aug_of
 
-    rank, world = _dist_rank_world()
     dcfg = data_config(info, cfg.img_size)
     augc = aug_of(cfg)
-    bad = multiprocessing.Value("q", 0)
     if data in BUILTIN:
         images, labels, pool, test_idx = _builtin_images(data)
         full = DigitsDataset(images, labels, dcfg["input_size"], dcfg["mean"], dcfg["std"])
@@ -224,12 +234,47 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
         workers = min(int(cfg.workers), os.cpu_count() or 1)
         classes, source = train_split.classes, str(data)
     train_ds = _augmented(train_ds, eval_ds, augc, source, info, dcfg, cfg.img_size)
-    tr_idx, val_idx = split_val(pool, cfg.val_split, cfg.seed)
+    return DataSource(train_ds, eval_ds, np.asarray(pool), test_ds, tuple(classes), workers, source)
+
+
+def build_data(data: str, info: ModelInfo, cfg: Any, task: Any = None) -> Data:
+    """Build the loaders of ``--data`` for a model, following its preprocessing.
+
+    Args:
+        data: ``demo``, ``demo-hard`` (:mod:`.composite`) or a folder in ImageNet layout (``train/<class>/*``, optional ``val/``).
+        info: the created model (input size, mean/std, interpolation, crop).
+        cfg: a :class:`~cafeslim.config.TrainConfig` (or anything with ``batch_size``,
+            ``workers``, ``seed``, ``val_split``, ``img_size`` and ``device``; optionally the
+            :class:`~cafeslim.config.AugConfig` fields, see
+            :func:`~cafeslim.data.augment.resolve_aug`).
+        task: the :mod:`cafeslim.tasks` task (or its name) whose data these are (None:
+            classification); it reads the demo or the folder (:meth:`Task.source`), this
+            function splits and loads them alike for every task.
+
+    Raises:
+        DataError: layout errors (see :func:`~cafeslim.data.folders.scan_imagenet` and the
+            task's reader), or a training set smaller than one global batch.
+
+    Example:
+        >>> info = create("timm:test_resnet", num_classes=10)              # doctest: +SKIP
+        >>> data = build_data("demo", info, TrainConfig())                # doctest: +SKIP
+        >>> data.num_classes, data.sizes["val"]                           # doctest: +SKIP
+        (10, 144)
+    """
+    from ..tasks import get_task
+
+    t = get_task(task)
+    t.check_builtin(data)
+    rank, world = _dist_rank_world()
+    bad = multiprocessing.Value("q", 0)
+    src = t.source(data, info, cfg, bad)
+    workers, source = src.workers, src.source
+    tr_idx, val_idx = split_val(src.pool, cfg.val_split, cfg.seed)
     need = cfg.batch_size * world
     if len(tr_idx) < need:
         raise DataError(f"the training set of {source} has {len(tr_idx)} images after holding out "
                         f"D_val, fewer than one global batch ({need}); lower --batch-size")
-    d_tr = Subset(train_ds, tr_idx)
+    d_tr = Subset(src.train, tr_idx)
     pin = str(getattr(cfg, "device", "cpu")) != "cpu" and torch.cuda.is_available()
     common = dict(num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     sampler = ResumableSampler(d_tr, num_replicas=world, rank=rank, seed=cfg.seed)
@@ -241,11 +286,12 @@ def build_data(data: str, info: ModelInfo, cfg: Any) -> Data:
     calib = DataLoader(d_tr, batch_size=cfg.batch_size, sampler=calib_sampler,
                        generator=torch.Generator().manual_seed(cfg.seed), **common)
     eval_kw = dict(batch_size=cfg.batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
-    val = DataLoader(Subset(eval_ds, val_idx), **eval_kw)
-    test = DataLoader(test_ds, **eval_kw) if test_ds is not None else None
-    sizes = {"train": len(tr_idx), "val": len(val_idx), "test": len(test_ds) if test_ds else 0}
-    return Data(source=source, classes=tuple(classes), train=train, val=val, test=test,
-                calib=calib, sampler=sampler, batch_size=cfg.batch_size, sizes=sizes, _bad=bad)
+    val = DataLoader(Subset(src.eval, val_idx), **eval_kw)
+    test = DataLoader(src.test, **eval_kw) if src.test is not None else None
+    sizes = {"train": len(tr_idx), "val": len(val_idx), "test": len(src.test) if src.test else 0}
+    return Data(source=source, classes=tuple(src.classes), train=train, val=val, test=test,
+                calib=calib, sampler=sampler, batch_size=cfg.batch_size, sizes=sizes, _bad=bad,
+                task=t.name)
 
 
 def train_augmentation(cfg: Any, source: str, size: int) -> str:

@@ -5,10 +5,12 @@ run folder (its ``export/``), one of those model files, or a model name (the ori
 ``widths.json`` names the source model, its input size and — for exports of a search run —
 the data, number of classes and initial weights, so the original is rebuilt to compare with.
 
-* **Accuracy** — top-1 and top-5 on the held-out split: ``val/`` of an ImageNet-layout folder,
-  or the demo's fixed test digits. Never D_val, which the search selected on. The original's
-  accuracy is measured only when it has real weights (``--pretrained`` or a weights file); a
-  randomly initialised original would only say "chance".
+* **Accuracy** — the task's metrics (:mod:`cafeslim.tasks`: top-1 and top-5, mIoU and pixel
+  accuracy, or mean label accuracy and exact match) on the held-out split: ``val/`` of the
+  data folder, or the demo's fixed test part. Never D_val, which the search selected on. The
+  task is the export's (``widths.json`` records it), else ``task=``, else classification. The
+  original's accuracy is measured only when it has real weights (``--pretrained`` or a weights
+  file); a randomly initialised original would only say "chance".
 * **Cost** — fvcore FLOPs (one multiply-add = one FLOP) and parameters.
 * **Latency** — median wall time of a forward pass in PyTorch (eager, ``inference_mode``) and
   in onnxruntime (CPUExecutionProvider), at each batch size, after warm-up; the original is
@@ -60,7 +62,9 @@ class EvalReport:
         source: the original model's name.
         input_size: ``(C, H, W)``.
         data: where accuracy was measured (None: not measured) and ``images`` how many.
-        metrics: the rows (top-1, top-5, FLOPs, params, latency per runtime and batch size).
+        metrics: the rows (the task's metrics — ``top1``, ``top5``; ``miou``, ``pixel_acc``;
+            ``label_acc``, ``exact_match`` —, FLOPs, params, latency per runtime and batch size).
+        task: the task whose metrics were measured.
         notes: why something was not measured.
         threads: torch intra-op threads during the latency runs.
     """
@@ -73,13 +77,15 @@ class EvalReport:
     metrics: List[Metric] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     threads: int = 0
+    task: str = "classification"
 
     def get(self, name: str) -> Optional[Metric]:
         """The row called ``name`` (e.g. ``top1``, ``latency torch b1``)."""
         return next((m for m in self.metrics if m.name == name), None)
 
     def to_json(self) -> Dict[str, Any]:
-        return {"target": self.target, "source": self.source, "input_size": list(self.input_size),
+        return {"target": self.target, "source": self.source, "task": self.task,
+                "input_size": list(self.input_size),
                 "data": self.data, "images": self.images, "threads": self.threads,
                 "metrics": [m.to_json() for m in self.metrics], "notes": self.notes}
 
@@ -122,13 +128,13 @@ def _load_model(folder: Path) -> Any:
     raise CheckpointError(f"{folder} holds no model.pt or model.pt2 to evaluate")
 
 
-def _accuracy(model: Any, loader: Any) -> Tuple[float, float, int]:
-    from ..metrics import topk_accuracy
+def _accuracy(model: Any, loader: Any, task: Any) -> Tuple[Dict[str, float], int]:
+    from ..metrics import measure
 
-    top1, top5, n = topk_accuracy(model, loader)
+    values, n = measure(model, loader, task)
     if n == 0:
         raise DataError("the evaluation split is empty")
-    return top1, top5, n
+    return values, n
 
 
 def _paired_medians(fns: Sequence[Any], repeats: int, max_seconds: float) -> List[float]:
@@ -178,8 +184,8 @@ def _latencies(models: Sequence[Any], onnx_paths: Sequence[Optional[Path]], shap
 
 
 def _accuracy_metrics(rep: EvalReport, data: str, info: Any, model: Any, original: Any,
-                      exported: bool, meta: Dict[str, Any], batch_size: int) -> None:
-    """Top-1/top-5 of ``model`` (and of the original when it has real weights) on ``val/``."""
+                      exported: bool, meta: Dict[str, Any], batch_size: int, task: Any) -> None:
+    """The task's metrics of ``model`` (and of the original with real weights) on ``val/``."""
     from ..config import TrainConfig
     from ..data import build_data
 
@@ -187,23 +193,58 @@ def _accuracy_metrics(rep: EvalReport, data: str, info: Any, model: Any, origina
     # Only the held-out split is read: no D_val needed (val_split 0).
     cfg = TrainConfig(batch_size=batch_size, workers=4, seed=int(meta.get("seed") or 0),
                       val_split=0.0, img_size=shape[-1], device="cpu")
-    loaders = build_data(data, info, cfg)
+    loaders = build_data(data, info, cfg, task)
     if loaders.test is None:
         raise DataError(f"{data} has no val/ folder to evaluate on")
-    t1, t5, rep.images = _accuracy(model, loaders.test)
+    mine, rep.images = _accuracy(model, loaders.test, task)
     real = bool(meta.get("pretrained") or meta.get("weights")) or not exported
-    o1, o5 = _accuracy(original, loaders.test)[:2] if real and exported else (None, None)
+    base: Dict[str, Optional[float]] = {}
+    if real and exported:
+        base = dict(_accuracy(original, loaders.test, task)[0])
     if not exported:
-        o1, o5 = t1, t5
+        base = dict(mine)
     elif not real:
         rep.notes.append("the original has random weights: its accuracy is not measured")
     rep.data = str(data)
-    rep.metrics += [Metric("top1", t1, o1, "%"), Metric("top5", t5, o5, "%")]
+    rep.metrics += [Metric(k, mine[k], base.get(k), "%") for k in task.metrics]
+
+
+def _task(meta: Dict[str, Any], task: Optional[str]) -> Any:
+    """The export's task (``widths.json``), else ``task``, else classification."""
+    from ..errors import ConfigError
+    from ..tasks import get_task
+
+    recorded = meta.get("task")
+    if recorded and task and recorded != task:
+        raise ConfigError(f"the export was made for {recorded}, not --task {task}")
+    return get_task(recorded or task)
+
+
+def _original(source: str, meta: Dict[str, Any], small: Any, data: Optional[str], task: Any) -> Any:
+    """The original model (a ModelInfo) at the export's input size, with its head's classes."""
+    import torch
+
+    from ..data import dataset_classes
+    from ..models import create
+    from ..pipeline.objects import at_size
+
+    shape = tuple(int(v) for v in meta["input_shape"][1:]) if meta.get("input_shape") else None
+    num_classes = meta.get("num_classes")
+    if small is not None and num_classes is None:  # a plain export: read it off the output
+        with torch.inference_mode():
+            num_classes = task.num_outputs(small(torch.zeros(1, *shape)))
+    if small is None and data is not None:
+        num_classes = len(dataset_classes(data, task))
+    info = create(source, pretrained=bool(meta.get("pretrained")), weights=meta.get("weights"),
+                  num_classes=num_classes)
+    if shape is not None and tuple(info.input_size) != shape:
+        info = at_size(info, shape[-1])
+    return info
 
 
 def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[int] = (1, 32),
              repeats: int = 20, max_seconds: float = 3.0, batch_size: int = 64,
-             threads: Optional[int] = None) -> EvalReport:
+             threads: Optional[int] = None, task: Optional[str] = None) -> EvalReport:
     """Measure an export (or a model) against its original model.
 
     Args:
@@ -216,10 +257,14 @@ def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[i
         batch_size: images per accuracy batch.
         threads: onnxruntime intra-op threads (default: its own choice); PyTorch uses its
             current setting (``torch.set_num_threads``).
+        task: ``classification``, ``segmentation`` or ``multilabel`` for a model name or an
+            export that does not record its task (an export's own task wins; a different one
+            is an error).
 
     Raises:
         CheckpointError: a missing folder or file, or a run without an export.
         DataError: no ``val/`` split in ``data``.
+        ConfigError: ``task`` differs from the export's.
 
     Example:
         >>> rep = evaluate("runs/test_resnet-50pct/export")                  # doctest: +SKIP
@@ -228,34 +273,21 @@ def evaluate(target: str, data: Optional[str] = None, *, batch_sizes: Sequence[i
     """
     import torch
 
-    from ..data import dataset_classes
     from ..flops import count_flops, count_params
-    from ..models import create
-    from ..pipeline.objects import at_size
     from .formats import save_onnx
 
     folder, meta = _locate(target)
-    source = meta.get("source") or target
+    t = _task(meta, task)
     small = _load_model(folder) if folder is not None else None
-    shape = tuple(int(v) for v in meta["input_shape"][1:]) if meta.get("input_shape") else None
-    num_classes = meta.get("num_classes")
-    if small is not None and num_classes is None:  # a plain export: read it off the output
-        with torch.inference_mode():
-            num_classes = int(small(torch.zeros(1, *shape)).shape[-1])
     data = data or meta.get("data")
-    if small is None and data is not None:
-        num_classes = len(dataset_classes(data))
-    info = create(source, pretrained=bool(meta.get("pretrained")), weights=meta.get("weights"),
-                  num_classes=num_classes)
-    if shape is not None and tuple(info.input_size) != shape:
-        info = at_size(info, shape[-1])
+    info = _original(meta.get("source") or target, meta, small, data, t)
     shape = tuple(info.input_size)
     original = info.model.eval()
     model = small if small is not None else original
     rep = EvalReport(target=str(folder or target), source=info.name, input_size=shape,
-                     threads=torch.get_num_threads())
+                     threads=torch.get_num_threads(), task=t.name)
     if data is not None:
-        _accuracy_metrics(rep, data, info, model, original, small is not None, meta, batch_size)
+        _accuracy_metrics(rep, data, info, model, original, small is not None, meta, batch_size, t)
     else:
         rep.notes.append("no data: pass --data demo|DIR to measure accuracy")
     x = torch.zeros(1, *shape)

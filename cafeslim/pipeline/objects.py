@@ -104,7 +104,7 @@ def build(settings: RunSettings, with_data: bool = True) -> Built:
     s, t = settings, settings.train
     seed_everything(t.seed)
     info = create(s.model, pretrained=s.pretrained, weights=s.weights,
-                  num_classes=len(dataset_classes(s.data)))
+                  num_classes=len(dataset_classes(s.data, s.task)))
     builtin = BUILTIN_IMG_SIZE.get(s.data)
     size = demo_size(info, builtin) if t.img_size is None and builtin else None
     if size is not None:
@@ -119,7 +119,7 @@ def build(settings: RunSettings, with_data: bool = True) -> Built:
         space = make_bins(a.graph, a.fm, beta=s.bins.beta, divisor=s.bins.divisor,
                           min_width=s.bins.min_width, order=orders, offset=s.train.offset)
     budgets = [parse_budget(b, a.fm.full, min_space_flops(space, a.fm)) for b in s.search.budgets]
-    data = build_data(s.data, info, s.train) if with_data else None
+    data = build_data(s.data, info, s.train, s.task) if with_data else None
     if data is not None and s.train.epochs is None:  # config.yaml records the epochs used
         s = replace(s, train=replace(s.train, epochs=s.train.epochs_for(data.steps_per_epoch)))
     return Built(s, info, a.graph, a.fm, space, budgets, data)
@@ -140,7 +140,7 @@ def make_fitness(b: Built, supernet: Any, space: Any = None, offset: Optional[in
     return Fitness(supernet, space or b.space, unsharded(b.data.calib), b.data.val,
                    recal_n=s.recal_batches,
                    eval_n=s.eval_batches, offset=offset, flops_model=b.fm,
-                   channels_last=b.settings.train.channels_last)
+                   channels_last=b.settings.train.channels_last, task=b.settings.task)
 
 
 __all__ = ["Analysis", "Built", "analyze_info", "at_size", "build", "demo_size", "make_fitness"]

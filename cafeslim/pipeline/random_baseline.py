@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..config import RetrainConfig
-from ..metrics import topk_accuracy
+from ..metrics import measure
 from ..errors import ConfigError
 from .objects import Built
 from .rundir import SEARCH_LOG, write_text
@@ -58,7 +58,7 @@ def retrain_config(b: Built) -> RetrainConfig:
     t, s, base = b.settings.train, b.settings.search, RetrainConfig()
     # Where and on what it runs comes from the run; the optimisation recipe stays train's.
     here = {k: getattr(t, k) for k in _FROM_RUN}
-    return RetrainConfig(**here, epochs=s.random_epochs,
+    return RetrainConfig(**here, epochs=s.random_epochs, task=b.settings.task,
                          warmup_epochs=base.warmup_epochs * s.random_epochs / base.epochs)
 
 
@@ -102,13 +102,14 @@ def train_candidate(b: Built, k: np.ndarray, cfg: RetrainConfig, folder: Path, *
     out = train(model, b.data, cfg, test=(), holdout=b.data.val, out_dir=folder,
                 resume=resume and (folder / LAST).exists(), progress=False, name=name)
     last = out.history[-1] if out.history else {}
-    running = float(out.holdout_top1)
+    running = float(out.holdout_score)
     # After a short training the running BatchNorm statistics still lag the weights, so the
     # score is taken, as the search's, after recalibrating them on the same batches.
     device = distributed.current(cfg.device).device
     small = out.model.to(device)
     recalibrate(small, b.data.calib, b.settings.search.recal_batches, device)
-    top1 = topk_accuracy(small.eval(), b.data.val, device)[0]
+    values, _ = measure(small.eval(), b.data.val, b.settings.task, device)
+    top1 = values[out.metric]
     small.cpu()
     return {"top1": float(top1), "top1_running_bn": running, "loss": last.get("loss"),
             "train_s": round(time.perf_counter() - t0, 2), "spec": spec}

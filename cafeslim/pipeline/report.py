@@ -4,9 +4,9 @@ Plots (PNG, in ``plots/``), drawn with matplotlib's Agg backend (no display need
 
 * ``widths.png`` — the kept fraction of every searchable layer per budget, like the paper's
   Fig. 4, with the full channel counts in the labels;
-* ``accuracy_flops.png`` — the D_val score (top-1 on D_val, the *selection score* the search
-  ranks widths by; not an accuracy) against FLOPs of every evaluated width vector, the chosen
-  ones marked, the budget windows shaded;
+* ``accuracy_flops.png`` — the D_val score (the task's metric on D_val — top-1, mIoU or mean
+  label accuracy —, the *selection score* the search ranks widths by; not an accuracy) against
+  FLOPs of every evaluated width vector, the chosen ones marked, the budget windows shaded;
 * ``bins.png`` — bin size and number of bins per layer (Fig. 5), from ``inspect-bins``;
 * ``loss.png`` — the supernet's training loss (when the run trained one).
 
@@ -30,6 +30,7 @@ SCORE = "D_val score (selection)"
 SCORE_NOTE = ("D_val score: top-1 on the images the search selected on — a selection score "
               "that ranks widths, not the model's accuracy. The accuracy to quote is the test "
               "top-1 of `cafeslim train RUN` + `cafeslim eval RUN/train`.")
+"""Classification's note (:attr:`cafeslim.tasks.Task.score_note` words it for every task)."""
 UNTRAINED = "not trained"
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3")
 
@@ -37,7 +38,9 @@ COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA
 def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any]:
     """The ``result.json`` document of a run.
 
-    Per budget: the budget (as written and in FLOPs) and its window, the D_val top-1 of the
+    ``task`` names the run's task and ``score.metric`` the metric of its D_val scores (the
+    ``top1`` fields hold that metric whatever it is: top-1, mIoU, mean label accuracy).
+    Per budget: the budget (as written and in FLOPs) and its window, the D_val score of the
     chosen sub-network as evaluated (``top1``) and, as ``selection_score``, the same number
     where it means something (None for ``uniform``, whose weights are untrained: its top1 is
     chance), FLOPs of the
@@ -58,8 +61,9 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
     """
     from ..export import slim
     from ..flops import count_params
+    from ..tasks import get_task
 
-    graph, s = b.graph, b.settings.search
+    graph, s, task = b.graph, b.settings.search, get_task(b.settings.task)
     trained = s.method != "uniform"  # uniform scores untrained weights: chance
     full_params = count_params(b.info.model)
     space = out.get("space", b.space)
@@ -80,8 +84,10 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
             "spec": {str(g): [int(i) for i in v] for g, v in sorted(spec.items())},
             "evaluated": res.evaluated, "searcher": res.searcher, "checkpoint": ckpt})
     return {
-        "format": RUN_FORMAT, "model": b.info.name, "method": s.method, "data": b.settings.data,
-        "score": {"name": SCORE, "trained": trained, "note": SCORE_NOTE},
+        "format": RUN_FORMAT, "model": b.info.name, "method": s.method, "task": task.name,
+        "data": b.settings.data,
+        "score": {"name": SCORE, "trained": trained, "note": task.score_note,
+                  "metric": task.metric, "label": task.label()},
         "input_size": list(b.info.input_size), "num_classes": b.data.num_classes,
         "full": {"flops": b.fm.full, "params": full_params},
         "groups": [{"id": g.id, "layer": (g.producers or g.layers or [""])[0],
@@ -192,7 +198,7 @@ def _markdown(r: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
               figs: Mapping[str, str], run_dir: Path) -> str:
     full = r["full"]
     lines = [f"# Width search: {r['model']}", "",
-             f"Method **{r['method']}** on data `{r['data']}`, input {'×'.join(map(str, r['input_size']))}; "
+             f"Method **{r['method']}**, task {r.get('task', 'classification')}, on data `{r['data']}`, input {'×'.join(map(str, r['input_size']))}; "
              f"full model {human(full['flops'])} FLOPs, {human(full['params'])} params; "
              f"{r['space']['groups']} searchable groups, search space 10^{r['space']['log10_size']:.1f} "
              f"(β={r['space']['beta']:g}, offset r={r['space']['offset']}); run time {r['seconds']:.0f} s.",
@@ -203,7 +209,8 @@ def _markdown(r: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
         lines.append(f"| {b['budget']} | {human(b['flops'])} | {b['flops_ratio']:.3f} | "
                      f"{human(b['params'])} | {b['params_ratio']:.3f} | {score_cell(r, b)} | "
                      f"{b['evaluated']} | {b['checkpoint'] or '–'} |")
-    lines += ["", SCORE_NOTE + (" `uniform` trains no weights here, so it has no D_val score "
+    note = (r.get("score") or {}).get("note") or SCORE_NOTE
+    lines += ["", note + (" `uniform` trains no weights here, so it has no D_val score "
                                 "worth showing." if r["method"] == "uniform" else ""), "",
               "FLOPs count one multiply-add as one FLOP (fvcore's convention), at the input "
               "size above. D_val is held out of the training images; the test split is only "
@@ -325,7 +332,7 @@ def plot_loss(metrics: Sequence[Mapping[str, Any]], path: Path, title: str = "")
         ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], marker="o", ms=3,
                 color=COLORS[j % len(COLORS)], label=stage)
     ax.set_xlabel("step")
-    ax.set_ylabel("min-min loss (label-smoothed CE)")
+    ax.set_ylabel("min-min loss (the task's)")
     ax.grid(alpha=0.3)
     if j:
         ax.legend(fontsize=8)

@@ -9,8 +9,9 @@ the exported model computes what the search measured. With ``init="scratch"`` th
 gets fresh weights instead, for training from scratch as the paper does.
 
 The parity report runs D_val (the batches the search scored on) through the supernet
-sub-network, the slimmed PyTorch model and onnxruntime, and gives each one's top-1 and the
-largest absolute logit difference — the search's recorded top-1 must be reproduced.
+sub-network, the slimmed PyTorch model and onnxruntime, and gives each one's D_val score (the
+run's task's metric: top-1, mIoU, mean label accuracy) and the largest absolute difference of
+the scored output — the search's recorded score must be reproduced.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ INITS = choices(ExportConfig, "init")
 
 @dataclass
 class ParityRow:
-    """One model's view of D_val: top-1 and the max abs logit difference to its reference."""
+    """One model's view of D_val: its score (``top1``: the task's metric) and the max abs
+    difference of the scored output to its reference."""
 
     what: str
     top1: Optional[float]
@@ -54,6 +56,7 @@ class RunExportReport:
         params_before, params_after: parameter counts.
         files: written files; errors: format -> why it failed.
         images: D_val images the parity was measured on.
+        score_label: what the scores are (the task's metric: ``top-1``, ``mIoU``, ...).
     """
 
     run_dir: Path
@@ -70,6 +73,7 @@ class RunExportReport:
     files: List[Path] = field(default_factory=list)
     errors: Dict[str, str] = field(default_factory=dict)
     images: int = 0
+    score_label: str = "top-1"
 
     def top1(self, what: str) -> Optional[float]:
         """Top-1 of a parity row by the start of its name (``supernet``, ``slimmed``, ``onnx``)."""
@@ -154,9 +158,9 @@ def export_run(run_dir: PathLike, budget: Optional[str] = None, *, init: str = "
                           flops_predicted=float(entry["flops"]),
                           params_before=count_params(b.info.model), params_after=count_params(small),
                           files=[res.paths[f] for f in ("widths", *FORMATS) if f in res.paths],
-                          errors=dict(res.errors))
+                          errors=dict(res.errors), score_label=fitness.task.label())
     rep.parity = rows + _parity(net if init == "inherit" else None, spec, small,
-                                res.paths.get("onnx"), fitness.val, rep)
+                                res.paths.get("onnx"), fitness.val, rep, fitness.task)
     if init == "inherit" and "widths" in res.paths:  # what the user gets, measured on D_val
         meta["top1_dval"] = rep.top1("slimmed")
         write_widths_json(res.paths["widths"], meta)
@@ -203,7 +207,7 @@ def _subnet(run_dir: Path, settings: Any, result: Dict[str, Any], entry: Dict[st
 def _provenance(run_dir: Path, settings: Any, result: Dict[str, Any], entry: Dict[str, Any],
                 init: str) -> Dict[str, Any]:
     """What ``widths.json`` records about the run an export came from."""
-    return {"method": f"search:{result['method']}", "run": str(run_dir),
+    return {"method": f"search:{result['method']}", "run": str(run_dir), "task": settings.task,
             "budget": entry["budget"], "init": init, "top1_recorded": entry["top1"],
             "flops_predicted": entry["flops"], "num_classes": result.get("num_classes"),
             "data": settings.data, "img_size": settings.train.img_size, "seed": settings.train.seed,
@@ -226,41 +230,43 @@ def _load_weights(net: Any, path: Path, model_name: str) -> None:
 
 
 def _parity(net: Any, spec: Any, small: Any, onnx_path: Optional[Path], batches: Any,
-            rep: RunExportReport) -> List[ParityRow]:
-    """Top-1 of the slimmed model and onnxruntime on D_val, max abs differences of logits."""
-    import numpy as np
+            rep: RunExportReport, task: Any) -> List[ParityRow]:
+    """D_val score of the slimmed model and onnxruntime, max abs differences of the scored output."""
     import torch
+
+    from ..tasks.base import outputs_like
 
     sess = None
     if onnx_path is not None:
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    hits = {"slim": 0, "onnx": 0}
+    meters = {"slim": task.meter(), "onnx": task.meter()}
     diff = {"slim": 0.0, "onnx": 0.0}
-    n = 0
     if net is not None:
         net.eval()
         net.set_subnet(spec)
     with torch.inference_mode():
         for images, labels in batches:
-            y = small(images)
-            hits["slim"] += int((y.argmax(1) == labels).sum())
+            out = small(images)
+            y = task.select(out)
+            meters["slim"].update(y, labels)
             if net is not None:
-                diff["slim"] = max(diff["slim"], float((y - net(images)).abs().max()))
+                diff["slim"] = max(diff["slim"], float((y - task.select(net(images))).abs().max()))
             if sess is not None:
-                z = sess.run(None, {sess.get_inputs()[0].name: images.numpy()})[0]
-                hits["onnx"] += int((np.argmax(z, 1) == labels.numpy()).sum())
-                diff["onnx"] = max(diff["onnx"], float(np.abs(z - y.numpy()).max()))
-            n += int(labels.numel())
+                # The file's outputs are the model's tensors in order: take the scored one.
+                z = torch.from_numpy(outputs_like(out, y, sess.run(None, {sess.get_inputs()[0].name: images.numpy()})))
+                meters["onnx"].update(z, labels)
+                diff["onnx"] = max(diff["onnx"], float((z - y).abs().max()))
     if net is not None:
         net.set_subnet(None)
-    rep.images = n
-    rows = [ParityRow("slimmed model (PyTorch)", hits["slim"] / max(n, 1),
+    rep.images = n = meters["slim"].count
+    score = {k: m.compute()[task.metric] if n else 0.0 for k, m in meters.items()}
+    rows = [ParityRow("slimmed model (PyTorch)", score["slim"],
                       diff["slim"] if net is not None else None,
                       "supernet sub-network" if net is not None else "")]
     if sess is not None:
-        rows.append(ParityRow("onnxruntime (model.onnx)", hits["onnx"] / max(n, 1), diff["onnx"],
+        rows.append(ParityRow("onnxruntime (model.onnx)", score["onnx"], diff["onnx"],
                               "slimmed model"))
     return rows
 

@@ -83,7 +83,10 @@ def check_resume(saved: RunSettings, new: RunSettings) -> RunSettings:
 
 
 def default_run_dir(settings: RunSettings) -> Path:
-    """``runs/<model>-<budgets>[-<method>]``, e.g. ``runs/test_resnet-50pct``.
+    """``runs/<model>-<budgets>[-<task>][-<method>]``, e.g. ``runs/test_resnet-50pct``.
+
+    The task is named unless it is the default (classification), so that the demos of the
+    tasks on one model do not share a folder.
 
     Example:
         >>> from cafeslim.config import SearchConfig
@@ -92,8 +95,12 @@ def default_run_dir(settings: RunSettings) -> Path:
     """
     name = settings.model.split(":")[-1].split("/")[-1]
     budgets = "_".join(b.replace("%", "pct") for b in settings.search.budgets) or "nobudget"
-    tail = "" if settings.search.method == "cafenet" else f"-{settings.search.method}"
+    tail = "" if settings.task == _DEFAULT_TASK else f"-{settings.task}"
+    tail += "" if settings.search.method == "cafenet" else f"-{settings.search.method}"
     return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{name}-{budgets}{tail}")
+
+
+_DEFAULT_TASK = RunSettings.__dataclass_fields__["task"].default
 
 
 def is_run_dir(arg: str) -> bool:

@@ -55,7 +55,8 @@ def train_stage(b: Built, supernet: Any, space: Any, folder: Path, resume: bool,
     cb = (lambda step, _stats: callback("train", step)) if callback else None
     res = train_supernet(supernet, space, b.data, t, folder,
                          resume=resume and (folder / CHECKPOINT).exists(), progress=progress,
-                         model_name=b.info.name, callback=cb, sampler=sampler)
+                         model_name=b.info.name, callback=cb, sampler=sampler,
+                         task=b.settings.task)
     lines = (folder / METRICS).read_text().splitlines() if (folder / METRICS).exists() else []
     loss = json.loads(lines[-1]).get("loss") if lines else None  # also when no step ran now
     return {"steps": res.steps, "total_steps": res.total_steps, "epochs": round(res.epochs, 3),

@@ -1,7 +1,10 @@
-"""Max-max fitness on a trained supernet: BN recalibration, then D_val top-1 (Eq. 13).
+"""Max-max fitness on a trained supernet: BN recalibration, then the D_val score (Eq. 13).
 
-The recalibration and D_val batches are read once and replayed from memory when they fit, so
-every candidate is scored on exactly the same images.
+The score is the task's metric on D_val (:mod:`cafeslim.tasks`: top-1 for classification,
+mean IoU for segmentation, mean label accuracy for multi-label); results keep the name
+``top1`` for it, as ``search.jsonl`` always has. The recalibration and D_val batches are read
+once and replayed from memory when they fit, so every candidate is scored on exactly the same
+images.
 """
 
 from __future__ import annotations
@@ -78,9 +81,9 @@ class Fitness(CachedFitness):
     """Max-max fitness of width vectors on a trained supernet (Eq. 13).
 
     For every candidate of ``k``: recalibrate BatchNorm on ``recal_n`` training batches
-    (:func:`~cafeslim.supernet.recalibrate_bn`), then measure top-1 on D_val in eval mode under
-    ``torch.inference_mode``. The fitness is the best candidate's top-1 and its IndexSpec is the
-    result. The same batches are used for every candidate (kept in memory when they fit in
+    (:func:`~cafeslim.supernet.recalibrate_bn`), then measure the task's metric on D_val in eval
+    mode under ``torch.inference_mode``. The fitness is the best candidate's score (``top1``
+    of the result, whatever the metric) and its IndexSpec is the result. The same batches are used for every candidate (kept in memory when they fit in
     ``cache_mb``), so scores are deterministic and comparable.
 
     Args:
@@ -98,6 +101,8 @@ class Fitness(CachedFitness):
         cache_mb: keep recalibration and D_val batches in memory up to this size each
             (0: always re-read them).
         channels_last: feed images in channels-last memory format.
+        task: the :mod:`cafeslim.tasks` task (or its name) whose metric scores a candidate
+            (None: classification's top-1).
 
     Example:
         >>> fit = Fitness(supernet, space, data.calib, data.val, recal_n=20, flops_model=fm)  # doctest: +SKIP
@@ -109,8 +114,10 @@ class Fitness(CachedFitness):
     def __init__(self, supernet: torch.nn.Module, space: Any, recal_batches: Batches, val_batches: Batches,
                  recal_n: int = 20, eval_n: Optional[int] = None, offset: Optional[int] = None,
                  device: Union[None, str, torch.device] = None, *, flops_model: Any = None,
-                 extra_candidates: int = 0, cache_mb: float = 512, channels_last: bool = False) -> None:
+                 extra_candidates: int = 0, cache_mb: float = 512, channels_last: bool = False,
+                 task: Any = None) -> None:
         from ..supernet.supernet import unwrap
+        from ..tasks import get_task
 
         super().__init__(space, offset, extra_candidates, flops_model)
         if recal_n < 1:
@@ -119,6 +126,7 @@ class Fitness(CachedFitness):
             raise ConfigError(f"eval_n must be at least 1 or None, got {eval_n}")
         self.supernet = supernet
         self.net = unwrap(supernet)
+        self.task = get_task(task)
         self.recal_n, self.eval_n = int(recal_n), eval_n
         self.device = torch.device(device) if device is not None else self.net._device()
         self.channels_last = bool(channels_last)
@@ -147,7 +155,7 @@ class Fitness(CachedFitness):
                              best, recal_s, eval_s)
 
     def score_spec(self, spec: Optional[Mapping[int, Sequence[int]]]) -> float:
-        """D_val top-1 of one IndexSpec after BN recalibration (not cached).
+        """D_val score of one IndexSpec after BN recalibration (not cached).
 
         The supernet keeps the recalibrated statistics of ``spec`` afterwards, so an export
         right after it uses the very statistics that were scored.
@@ -212,7 +220,7 @@ class Fitness(CachedFitness):
         return [(top1, (t1 - t0) / k, (t2 - t1) / k) for top1, _ in results]
 
     def _top1_many(self, specs: Sequence[Any]) -> List[Tuple[float, int]]:
-        """D_val top-1 of several recalibrated specs, batched where possible."""
+        """D_val score (the task's metric) of several recalibrated specs, batched where possible."""
         from ..supernet.batched import candidate_outputs, chunk_size, chunks
 
         net = self.net
@@ -220,7 +228,7 @@ class Fitness(CachedFitness):
         stats = [net.bn_stats(s) for s in specs]
         modes = [(m, m.training) for m in net.modules()]
         previous = net.spec
-        correct, total = [0] * len(specs), 0
+        meters = [self.task.meter() for _ in specs]
         try:
             net.eval()
             with torch.inference_mode():
@@ -238,17 +246,15 @@ class Fitness(CachedFitness):
                                 net.set_subnet(specs[i])
                                 outs.append(net(x))
                         for i, out in zip(part, outs):
-                            if isinstance(out, (tuple, list)):
-                                out = out[0]
-                            correct[i] += int((out.argmax(1).cpu() == y.view(-1).cpu()).sum())
-                    total += int(y.numel())
+                            meters[i].update(out, y)
         finally:
             net.set_subnet(previous)
             for m, mode in modes:
                 m.training = mode
+        total = meters[0].count if meters else 0
         if total == 0:
             raise DataError("the D_val loader is empty: nothing to evaluate the search on")
-        return [(c / total, total) for c in correct]
+        return [(m.compute()[self.task.metric], total) for m in meters]
 
     def _top1(self, spec: Optional[Mapping[int, Sequence[int]]]) -> Tuple[float, int]:
         return self._top1_many([spec])[0]  # one spec: the sequential forward

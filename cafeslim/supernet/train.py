@@ -3,7 +3,8 @@
 :func:`train_supernet` trains a :class:`~cafeslim.supernet.Supernet` on a
 :class:`~cafeslim.data.Data`: SGD with momentum, per-step cosine learning rate after a linear
 warmup, weight decay on weights only (never on norms and biases, whose decay only shrinks the
-scale they exist to learn), label-smoothed cross-entropy, optional AMP and channels-last.
+scale they exist to learn), the task's loss (:meth:`cafeslim.tasks.Task.loss_fn`: label-smoothed
+cross-entropy for classification), optional AMP and channels-last.
 The run folder around it (model, bins, ``config.yaml``) is :mod:`cafeslim.pipeline`'s.
 
 Run directory (DESIGN.md, "Run directory"): ``last.pt`` (written atomically every
@@ -105,9 +106,11 @@ class _Trainer:
     """The state of one training run: model, optimizer, schedule, width RNG, step."""
 
     def __init__(self, supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
-                 run_dir: Path, info: Any, fp: Any, sampler: Any = None) -> None:
+                 run_dir: Path, info: Any, fp: Any, sampler: Any = None, task: Any = None) -> None:
+        from ..tasks import get_task
+
         self.supernet, self.space, self.data, self.cfg, self.info = supernet, space, data, cfg, info
-        self.sampler = sampler
+        self.sampler, self.task = sampler, get_task(task)
         self.ckpt_path, self.fp, self.config = run_dir / CHECKPOINT, fp, to_dict(cfg)
         self.device = info.device
         self.autocast_dtype, self.scaler = amp_setup(cfg, self.device)
@@ -185,7 +188,7 @@ class _Trainer:
 
     def loop(self, model: nn.Module, log: MetricsLog, callback: Any) -> None:
         """Train to the end of the schedule; on Ctrl-C checkpoint the last finished step."""
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        loss_fn = self.task.loss_fn(self.cfg.label_smoothing)
         mid_step = False
         try:
             with Interrupts() as interrupts:
@@ -216,7 +219,7 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
                    run_dir: Union[str, Path], resume: bool = False, progress: bool = True, *,
                    model_name: Optional[str] = None,
                    callback: Optional[Callable[[int, StepStats], None]] = None,
-                   sampler: Any = None) -> TrainResult:
+                   sampler: Any = None, task: Any = None) -> TrainResult:
     """Train a supernet with min-min steps, checkpointing into ``run_dir``.
 
     Args:
@@ -232,6 +235,8 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
         callback: called on every rank after every step as ``callback(step, stats)``.
         sampler: draws each step's width (:class:`~cafeslim.bins.sampling.WidthSampler`,
             budget-aware sampling; its FLOPs fraction is logged); None: uniform (Eq. 1).
+        task: the :mod:`cafeslim.tasks` task (or its name) whose loss is trained (None: the
+            data's, else classification's label-smoothed cross-entropy).
 
     Returns:
         A :class:`TrainResult`.
@@ -253,7 +258,8 @@ def train_supernet(supernet: nn.Module, space: Any, data: Any, cfg: TrainConfig,
     fp = fingerprint(model_name or type(getattr(supernet, "model", supernet)).__name__,
                      supernet.graph, space)
     ckpt = _open_checkpoint(run_dir, resume, fp, to_dict(cfg), info.world_size)
-    t = _Trainer(supernet, space, data, cfg, run_dir, info, fp, sampler)
+    t = _Trainer(supernet, space, data, cfg, run_dir, info, fp, sampler,
+                 task if task is not None else getattr(data, "task", None))
     if ckpt is not None:
         t.restore(ckpt)
         del ckpt  # a second copy of the weights: free it before training

@@ -4,6 +4,7 @@
 * :mod:`.init` — ``--init scratch``: the family's own initialisation at the searched widths;
 * :mod:`.distill` — knowledge distillation from a teacher;
 * :mod:`.loop` — :func:`train`, the epoch loop with checkpoints, exact resume and progress;
+* :mod:`.outcome` — each epoch's record (the task's holdout and test metrics) and the outcome;
 * :mod:`.target`, :mod:`.run`, :mod:`.report` — ``cafeslim train TARGET``'s folder.
 
 Example:

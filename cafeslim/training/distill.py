@@ -3,7 +3,8 @@
 The paper distils MobileNetV2 (section 4.1); ModelOpt, MMRazor and NNI recover the accuracy of
 pruned networks the same way. The loss is ``(1 - α)·CE(student, labels) + α·T²·KL(teacher_T ||
 student_T)`` with both softmaxes at temperature T; the T² keeps the gradient scale of the soft
-term independent of T.
+term independent of T. The soft term is the task's (:meth:`cafeslim.tasks.Task.distill`: per
+pixel for segmentation, per label for multi-label); :func:`kd_loss` is classification's.
 
 Example:
     >>> s = torch.zeros(2, 3); t = torch.zeros(2, 3)
@@ -13,26 +14,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-
-
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T² · KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch.
-
-    Example:
-        >>> float(kd_loss(torch.tensor([[0., 9.]]), torch.tensor([[9., 0.]]), 1.0)) > 8
-        True
-    """
-    t = float(temperature)
-    log_p = F.log_softmax(student.float() / t, dim=-1)
-    log_q = F.log_softmax(teacher.float() / t, dim=-1)
-    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (t * t)
+from ..tasks.classification import kd_loss
 
 
 class Distiller:
@@ -42,6 +30,8 @@ class Distiller:
         teacher: any module whose logits have the student's number of classes.
         alpha: weight of the distillation term.
         temperature: T of both softmaxes.
+        task: the :mod:`cafeslim.tasks` task (or its name) whose distillation term is used
+            and whose scored output is compared (None: classification).
 
     Example:
         >>> d = Distiller(nn.Linear(4, 3), alpha=0.5, temperature=4.0)
@@ -49,7 +39,10 @@ class Distiller:
         torch.Size([])
     """
 
-    def __init__(self, teacher: nn.Module, alpha: float, temperature: float):
+    def __init__(self, teacher: nn.Module, alpha: float, temperature: float, task: Any = None):
+        from ..tasks import get_task
+
+        self.task = get_task(task)
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -59,21 +52,22 @@ class Distiller:
         self.teacher.to(device)
         return self
 
-    def loss(self, student_logits: torch.Tensor, images: torch.Tensor,
+    def loss(self, student_logits: Any, images: torch.Tensor,
              hard_loss: torch.Tensor) -> torch.Tensor:
         """The combined loss for one batch (the teacher runs without gradients)."""
         with torch.no_grad():
             teacher_logits = self.teacher(images)
-        if teacher_logits.shape != student_logits.shape:
-            raise ConfigError(f"the teacher gives logits of shape {tuple(teacher_logits.shape)}, "
-                              f"the student {tuple(student_logits.shape)}; a teacher must have "
+        t, s = self.task.select(teacher_logits), self.task.select(student_logits)
+        if t.shape != s.shape:
+            raise ConfigError(f"the teacher gives logits of shape {tuple(t.shape)}, "
+                              f"the student {tuple(s.shape)}; a teacher must have "
                               "the student's number of classes")
-        soft = kd_loss(student_logits, teacher_logits, self.temperature)
+        soft = self.task.distill(student_logits, teacher_logits, self.temperature)
         return (1.0 - self.alpha) * hard_loss + self.alpha * soft
 
 
 def make_distiller(teacher: Optional[nn.Module], alpha: float,
-                   temperature: float) -> Optional[Distiller]:
+                   temperature: float, task: Any = None) -> Optional[Distiller]:
     """A :class:`Distiller`, or None without a teacher or with ``alpha == 0``.
 
     Example:
@@ -82,7 +76,7 @@ def make_distiller(teacher: Optional[nn.Module], alpha: float,
     """
     if teacher is None or alpha <= 0:
         return None
-    return Distiller(teacher, alpha, temperature)
+    return Distiller(teacher, alpha, temperature, task)
 
 
 __all__ = ["Distiller", "kd_loss", "make_distiller"]

@@ -7,12 +7,18 @@
   RNG, the step and the position in the epoch. ``resume=True`` continues from it bit-exactly on
   CPU: the data order and augmentation are functions of (seed, epoch, index), the mixing of a
   batch of (seed, step), and the rest of the randomness is restored.
-* ``best.pt`` — the weights of the epoch with the best top-1 on the **holdout** (images split
-  off the training set, ``val_split``), never on the test split: a model selected on the test
+* ``best.pt`` — the weights of the epoch with the best score on the **holdout** (the task's
+  metric — top-1, mIoU, mean label accuracy — on images split off the training set,
+  ``val_split``), never on the test split: a model selected on the test
   split would make its test accuracy optimistic, the very mistake the D_val score of the search
   makes (issue 8). Without a holdout, ``best.pt`` is not written and the last epoch is the
   result.
-* ``metrics.jsonl`` — one line per epoch: loss, lr, holdout top-1, test top-1/top-5, images/s.
+* ``metrics.jsonl`` — one line per epoch: loss, lr, the holdout score (``holdout_<metric>``),
+  every test metric of the task (``test_top1``/``test_top5`` for classification,
+  ``test_miou``/``test_pixel_acc``, ``test_label_acc``/``test_exact_match``), images/s.
+
+The loss, the metrics and what the recipe may do (mixup and CutMix are classification's) are
+the task's (:mod:`cafeslim.tasks`), taken from ``task=``, else ``cfg.task``, else the data's.
 
 Example:
     >>> out = train(model, data, RetrainConfig(epochs=2), out_dir="runs/x/train")   # doctest: +SKIP
@@ -24,69 +30,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
 
 from ..config import RetrainConfig, to_dict
-from ..errors import CheckpointError, DataError
-from ..metrics import topk_accuracy
+from ..errors import CheckpointError, ConfigError, DataError
 from ..supernet import distributed
 from ..supernet.checkpoint import capture_rng, restore_rng, save_checkpoint
 from ..supernet.schedule import amp_setup
 from ..supernet.train_log import Interrupts, Progress
 from .distill import make_distiller
-from .recipe import ModelEma, classification_loss, make_optimizer, make_scheduler, mix_batch
+from .outcome import TrainOutcome, end_epoch, scores
+from .recipe import ModelEma, make_optimizer, make_scheduler, mix_batch, set_bn_momentum
 from .resume import (BEST, KIND, LAST, METRICS, load_resume, model_fingerprint, refuse_existing,
-                     save_best, write_metrics)
-
-
-@dataclass
-class TrainOutcome:
-    """What :func:`train` did.
-
-    Attributes:
-        model: the trained model (the EMA weights with ``model_ema``), on CPU, in eval mode.
-        epochs: epochs done in total; steps: optimizer steps in total.
-        history: the ``metrics.jsonl`` records, one per epoch.
-        test_top1, test_top5: of the returned model on the test split (None without one).
-        holdout_top1: of the returned model on the holdout (None without one).
-        best_epoch, best_holdout_top1: the epoch ``best.pt`` holds (None without a holdout).
-        images_per_s: training throughput of this invocation.
-        seconds: wall time of this invocation; resumed_from: the step it resumed at, or None.
-    """
-
-    model: nn.Module
-    epochs: int
-    steps: int
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    test_top1: Optional[float] = None
-    test_top5: Optional[float] = None
-    holdout_top1: Optional[float] = None
-    best_epoch: Optional[int] = None
-    best_holdout_top1: Optional[float] = None
-    images_per_s: float = 0.0
-    seconds: float = 0.0
-    resumed_from: Optional[int] = None
-
-
-def accuracy(model: nn.Module, batches: Iterable[Any], device: torch.device) -> Tuple[float, float, int]:
-    """Top-1, top-5 and the image count of ``model`` in eval mode over ``batches``.
-
-    Example:
-        >>> accuracy(nn.Flatten(), [(torch.eye(3), torch.arange(3))], torch.device("cpu"))
-        (1.0, 1.0, 3)
-    """
-    was = model.training
-    model.eval()
-    try:
-        return topk_accuracy(model, batches, device)
-    finally:
-        model.train(was)
+                     write_metrics)
 
 
 def _epoch_iter(data: Any, epoch: int, position: int) -> Iterable[Any]:
@@ -114,8 +75,8 @@ class _Run:
     """
 
     def __init__(self, model: nn.Module, cfg: RetrainConfig, spe: int,
-                 info: distributed.DistInfo):
-        self.model, self.cfg, self.spe, self.info = model, cfg, spe, info
+                 info: distributed.DistInfo, task: Any):
+        self.model, self.cfg, self.spe, self.info, self.task = model, cfg, spe, info, task
         self.device = info.device
         self.forward: nn.Module = model
         self.optimizer = make_optimizer(model, cfg, info.world_size)
@@ -162,7 +123,7 @@ class _Run:
                else torch.autocast(self.device.type, enabled=False))
         with ctx:
             logits = self.forward(images)
-            loss = classification_loss(logits, targets, soft, cfg.label_smoothing)
+            loss = self.task.retrain_loss(logits, targets, soft, cfg.label_smoothing)
             if distiller is not None:
                 loss = distiller.loss(logits, images, loss)
         self.optimizer.zero_grad(set_to_none=True)
@@ -184,15 +145,16 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
           test: Optional[Iterable[Any]] = None, holdout: Optional[Iterable[Any]] = None,
           teacher: Optional[nn.Module] = None, out_dir: Union[str, Path, None] = None,
           resume: bool = False, progress: bool = True, name: str = "",
-          callback: Optional[Callable[[Dict[str, Any]], None]] = None) -> TrainOutcome:
-    """Train a model (a slimmed sub-network, or any classifier) with the ``cfg`` recipe.
+          callback: Optional[Callable[[Dict[str, Any]], None]] = None,
+          task: Any = None) -> TrainOutcome:
+    """Train a model (a slimmed sub-network, or any network of a task) with the ``cfg`` recipe.
 
     Args:
         model: the network, initialised as wanted (see :mod:`cafeslim.training.init`).
         data: a :class:`~cafeslim.data.Data` (its ``test`` and ``val`` are then the default
             test split and holdout) or any re-iterable of ``(images, labels)`` batches.
         cfg: the recipe.
-        test: batches to report test top-1/top-5 on after every epoch (never selected on).
+        test: batches to report the test metrics on after every epoch (never selected on).
         holdout: batches held out of training; ``best.pt`` is the epoch best on them.
         teacher: a frozen teacher for knowledge distillation (``cfg.kd_alpha``,
             ``cfg.kd_temperature``); None trains on the labels alone.
@@ -203,11 +165,15 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
         name: the model's name, recorded in the checkpoint.
         callback: called with each epoch's record after its checkpoint is written (raising
             KeyboardInterrupt there stops the training as Ctrl-C would).
+        task: the :mod:`cafeslim.tasks` task (or its name): its loss, metrics and recipe
+            rules (None: ``cfg.task``, else the data's, else classification).
 
     Returns:
         A :class:`TrainOutcome`.
 
     Raises:
+        ConfigError: a setting the task refuses (mixup or CutMix outside classification), or
+            data of another task.
         CheckpointError: resume without, or from a corrupt or foreign, checkpoint, or with
             other settings; nothing is written then.
         OutputExistsError: ``out_dir`` already holds a ``last.pt`` and ``resume`` is False.
@@ -216,6 +182,7 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
     Example:
         >>> out = cafeslim.train(small, data, RetrainConfig(epochs=5), out_dir="train")  # doctest: +SKIP
     """
+    t = _task_of(task, cfg, data)
     if hasattr(data, "epoch_batches"):
         test = data.test if test is None else test
         holdout = (data.val if data.sizes.get("val") else None) if holdout is None else holdout
@@ -232,28 +199,49 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
     elif out is not None:
         distributed.on_main(lambda: refuse_existing(out))
     spe = _steps_per_epoch(data)
+    set_bn_momentum(model, cfg.bn_momentum)  # before the EMA copies the model
     model.to(device).train()
-    run = _Run(model, cfg, spe, info)
+    run = _Run(model, cfg, spe, info, t)
     if ckpt is not None:
         run.restore(ckpt)
         del ckpt
     # After the restore: wrapping broadcasts rank 0's weights, so every rank starts alike.
     run.forward = distributed.wrap_ddp(model, info)
-    distiller = make_distiller(teacher, cfg.kd_alpha, cfg.kd_temperature)
+    distiller = make_distiller(teacher, cfg.kd_alpha, cfg.kd_temperature, t)
     if distiller is not None:
         distiller.to(device)
     mixing = cfg.mixup > 0 or cfg.cutmix > 0
     num_classes = _num_classes(model, data, device) if mixing else None
     if out is not None and info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume:  # the log reads as one run: drop epochs after the checkpoint
-            write_metrics(out / METRICS, run.history)
-        else:
-            (out / METRICS).unlink(missing_ok=True)
+        _start_log(out, run.history if resume else None)
     resumed_from = run.step if resume else None
     # Only rank 0 writes files and draws progress; every rank trains and evaluates.
     return _loop(run, data, test, holdout, distiller, num_classes, out if info.main else None,
                  fp, config, progress and info.main, callback, resumed_from)
+
+
+def _task_of(task: Any, cfg: RetrainConfig, data: Any) -> Any:
+    """The training's task (``task``, else ``cfg.task``, else the data's), checked.
+
+    Raises:
+        ConfigError: data read for another task, or a recipe setting the task refuses.
+    """
+    from ..tasks import get_task
+
+    t = get_task(task if task is not None else (cfg.task or getattr(data, "task", None)))
+    if getattr(data, "task", t.name) != t.name:
+        raise ConfigError(f"the data were read for {data.task}, the training is {t.name}")
+    t.check_recipe(cfg)
+    return t
+
+
+def _start_log(out: Path, history: Optional[List[Dict[str, Any]]]) -> None:
+    """Create the folder; a resumed log keeps the epochs of its checkpoint, a new one starts empty."""
+    out.mkdir(parents=True, exist_ok=True)
+    if history is not None:  # the log reads as one run: drop epochs after the checkpoint
+        write_metrics(out / METRICS, history)
+    else:
+        (out / METRICS).unlink(missing_ok=True)
 
 
 def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
@@ -266,36 +254,6 @@ def _num_classes(model: nn.Module, data: Any, device: torch.device) -> int:
         n = int(model.eval()(images[:1].to(device)).shape[1])
     model.train(was)
     return n
-
-
-def _mean_loss(losses: List[float], info: distributed.DistInfo) -> float:
-    """The epoch's mean training loss; under torchrun over every rank's share of the batches."""
-    mean = sum(losses) / max(len(losses), 1)
-    if not info.distributed:
-        return mean
-    means = distributed.all_gather_object(mean)  # one collective per epoch, equal shares
-    return sum(means) / len(means)
-
-
-def _end_epoch(run: _Run, epoch: int, losses: List[float], lr: float, seen: int,
-               seconds: float, test: Any, holdout: Any, out: Optional[Path]) -> Dict[str, Any]:
-    """Evaluate after an epoch, keep ``best.pt`` (holdout only) and return the epoch's record."""
-    model = run.result_model
-    record: Dict[str, Any] = {"epoch": epoch + 1, "step": run.step,
-                              "loss": _mean_loss(losses, run.info), "lr": lr,
-                              "img_s": round(seen / max(seconds, 1e-9), 2),
-                              "train_s": round(seconds, 3)}
-    record["holdout_top1"] = accuracy(model, holdout, run.device)[0] if holdout is not None else None
-    if test is not None:
-        record["test_top1"], record["test_top5"], _ = accuracy(model, test, run.device)
-    else:
-        record["test_top1"] = record["test_top5"] = None
-    if record["holdout_top1"] is not None and record["holdout_top1"] > run.best:
-        run.best, run.best_epoch = record["holdout_top1"], epoch + 1
-        if out is not None:
-            save_best(out / BEST, model, record)
-    run.history.append(record)
-    return record
 
 
 def _stop(flag: bool, info: distributed.DistInfo) -> bool:
@@ -350,7 +308,7 @@ def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
                     if run.step % spe == 0:
                         break
                 n_images += seen
-                record = _end_epoch(run, epoch, losses, lr, seen, time.perf_counter() - t_epoch,
+                record = end_epoch(run, epoch, losses, lr, seen, time.perf_counter() - t_epoch,
                                     test, holdout, out)
                 save()
                 saved_at = run.step
@@ -369,13 +327,14 @@ def _loop(run: _Run, data: Any, test: Any, holdout: Any, distiller: Any,
     seconds = time.perf_counter() - t0
     last = run.history[-1] if run.history else {}
     model = run.result_model.cpu().eval()
+    metric = run.task.metric
     return TrainOutcome(model=model, epochs=run.step // spe, steps=run.step, history=run.history,
-                        test_top1=last.get("test_top1"), test_top5=last.get("test_top5"),
-                        holdout_top1=last.get("holdout_top1"), best_epoch=run.best_epoch,
-                        best_holdout_top1=run.best if run.best_epoch is not None else None,
+                        metric=metric, test={k: last.get(f"test_{k}") for k in run.task.metrics},
+                        holdout_score=last.get(f"holdout_{metric}"), best_epoch=run.best_epoch,
+                        best_holdout_score=run.best if run.best_epoch is not None else None,
                         images_per_s=n_images / seconds if seconds > 0 else 0.0, seconds=seconds,
                         resumed_from=resumed_from)
 
 
-__all__ = ["BEST", "KIND", "LAST", "METRICS", "TrainOutcome", "accuracy", "model_fingerprint",
+__all__ = ["BEST", "KIND", "LAST", "METRICS", "TrainOutcome", "model_fingerprint", "scores",
            "train"]

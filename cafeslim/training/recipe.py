@@ -1,4 +1,7 @@
-"""The training recipe: optimizer, per-step schedule, loss, mixup/CutMix and the weight EMA.
+"""The training recipe: optimizer, per-step schedule, mixup/CutMix and the weight EMA.
+
+The loss is the task's (:meth:`cafeslim.tasks.Task.retrain_loss`; classification's
+:func:`classification_loss` is re-exported here).
 
 Every piece is deterministic given (seed, step), so that an interrupted and resumed training
 is bit-identical to an uninterrupted one on CPU: the schedule is a plain object whose numbers
@@ -19,12 +22,12 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import RetrainConfig
 from ..data.loaders import mix_seed
 from ..supernet.schedule import param_groups
+from ..tasks.classification import classification_loss  # noqa: F401 - the recipe's loss, re-exported
 
 
 class WarmupSchedule:
@@ -128,17 +131,19 @@ def mix_batch(images: torch.Tensor, targets: torch.Tensor, num_classes: int,
     return images, lam * soft + (1.0 - lam) * soft[perm]
 
 
-def classification_loss(logits: torch.Tensor, targets: torch.Tensor,
-                        soft: Optional[torch.Tensor], smoothing: float) -> torch.Tensor:
-    """Cross-entropy on hard targets (label-smoothed) or on mixed soft targets.
+def set_bn_momentum(model: nn.Module, momentum: Optional[float]) -> int:
+    """Give every BatchNorm of ``model`` this momentum (None: leave them); how many changed.
 
     Example:
-        >>> float(classification_loss(torch.zeros(2, 2), torch.tensor([0, 1]), None, 0.0))
-        0.6931471824645996
+        >>> set_bn_momentum(nn.Sequential(nn.BatchNorm2d(3), nn.ReLU()), 0.1)
+        1
     """
-    if soft is not None:
-        return torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-    return F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+    if momentum is None:
+        return 0
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = float(momentum)
+    return len(norms)
 
 
 class ModelEma:
@@ -173,4 +178,4 @@ class ModelEma:
 
 
 __all__ = ["ModelEma", "WarmupSchedule", "classification_loss", "make_optimizer",
-           "make_scheduler", "mix_batch", "soft_targets"]
+           "make_scheduler", "mix_batch", "set_bn_momentum", "soft_targets"]

@@ -77,8 +77,10 @@ def write_metrics(path: Path, records: List[Dict[str, Any]]) -> None:
 
 
 def save_best(path: Path, model: nn.Module, record: Dict[str, Any]) -> None:
+    """``best.pt``: the weights, the epoch and its holdout score (``holdout_<metric>``)."""
     payload = {"format": f"{KIND}-best", "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "epoch": record["epoch"], "holdout_top1": record["holdout_top1"]}
+               "epoch": record["epoch"],
+               **{k: v for k, v in record.items() if k.startswith("holdout_")}}
     atomic_write(path, lambda fh: torch.save(payload, fh))
 
 

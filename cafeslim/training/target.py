@@ -28,7 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config import BUILTIN_IMG_SIZE, DEMO, load_settings
+from ..config import BUILTIN_IMG_SIZE, DEMO, load_settings, task_name
 from ..errors import CheckpointError, ConfigError
 
 
@@ -47,6 +47,7 @@ class Target:
         budget: the run's budget picked; spec: the IndexSpec (None: the full model).
         meta: the export's ``widths.json`` (export targets).
         checkpoint: the run's supernet checkpoint (None: no supernet, e.g. ``uniform``).
+        task: the run's or export's task (None for a model: the ``--task`` flag decides).
     """
 
     kind: str
@@ -62,6 +63,7 @@ class Target:
     spec: Optional[Dict[int, Any]] = None
     meta: Dict[str, Any] = field(default_factory=dict)
     checkpoint: Optional[Path] = None
+    task: Optional[str] = None
 
     @property
     def has_weights(self) -> bool:
@@ -115,7 +117,8 @@ def resolve_target(target: str, budget: Optional[str] = None) -> Target:
         return Target("export", target, path, str(meta.get("source")), data=meta.get("data"),
                       img_size=int(shape[-1]) if shape else None,
                       pretrained=bool(meta.get("pretrained")), weights=meta.get("weights"),
-                      seed=int(meta.get("seed") or 0), spec=meta.get("index_spec"), meta=meta)
+                      seed=int(meta.get("seed") or 0), spec=meta.get("index_spec"), meta=meta,
+                      task=task_name(meta.get("task")))
     if not path.is_dir() or not ((path / "result.json").is_file() or (path / "config.yaml").is_file()):
         raise CheckpointError(f"{target} is neither a cafeslim run folder (config.yaml + "
                               "result.json), an export folder (widths.json) nor a model name")
@@ -128,7 +131,7 @@ def resolve_target(target: str, budget: Optional[str] = None) -> Target:
     return Target("run", target, path, settings.model, data=settings.data,
                   img_size=settings.train.img_size, pretrained=settings.pretrained,
                   weights=settings.weights, seed=settings.train.seed, budget=entry["budget"],
-                  spec=spec_from_json(entry["spec"]), checkpoint=ckpt,
+                  spec=spec_from_json(entry["spec"]), checkpoint=ckpt, task=settings.task,
                   meta={"budgets": len(result["budgets"]), "method": result.get("method"),
                         "top1_dval": entry.get("top1"), "num_classes": result.get("num_classes")})
 
@@ -220,16 +223,21 @@ def _spec(data: Any) -> Dict[int, Any]:
     return spec_from_json(data)
 
 
-def head_classes(model: nn.Module, example: torch.Tensor) -> int:
-    """The number of logits the model gives (read off one forward in eval mode).
+def head_classes(model: nn.Module, example: torch.Tensor, task: Any = None) -> int:
+    """The number of classes (labels) the model predicts, read off one forward in eval mode.
+
+    ``task`` (:mod:`cafeslim.tasks`; None: classification) picks the scored output and its
+    class axis (a segmentation model's ``out`` channels).
 
     Example:
         >>> head_classes(nn.Sequential(nn.Flatten(), nn.Linear(12, 7)), torch.zeros(1, 3, 2, 2))
         7
     """
+    from ..tasks import get_task
+
     was = model.training
     with torch.no_grad():
-        n = int(model.eval()(example).shape[-1])
+        n = get_task(task).num_outputs(model.eval()(example))
     model.train(was)
     return n
 
