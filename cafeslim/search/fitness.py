@@ -44,7 +44,9 @@ class FitnessResult:
 
     Attributes:
         k: bins kept per searchable group.
-        top1: best D_val top-1 over the candidates (a fraction in [0, 1]).
+        top1: best D_val score over the candidates, a fraction in [0, 1]: the task's metric
+            (top-1; mIoU or mean label accuracy for the other tasks; the name is the record's
+            since before tasks, kept so that old ``search.jsonl`` files resume).
         best_spec: IndexSpec of the winning candidate (what is exported).
         candidate_top1s: top-1 of every candidate, in candidate order.
         flops: FLOPs of the winning candidate (the fixed pattern's: every candidate keeps
