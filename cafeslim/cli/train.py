@@ -88,7 +88,8 @@ CkptOpt = _int("--ckpt-every", "Steps between last.pt checkpoints besides every 
 ClassesOpt = _int("--num-classes", "Classifier outputs (MODEL: builds the head; default: the "
                   "data's classes). The data must have as many classes.")
 BnMomOpt = _float("--bn-momentum", "BatchNorm momentum for the training (default: the model's "
-                  "own; torchvision's MobileNetV3 has 0.01, too slow for a few hundred steps).")
+                  "own, or 0.1 where it is below 0.1 and the training shorter than 10/m steps, "
+                  "e.g. torchvision's MobileNetV3 with 0.01).")
 TaskOpt = Annotated[Optional[TaskChoice], _o("--task", case_sensitive=False, help=(
     "classification, segmentation or multilabel (default: the run's or export's; "
     "classification for a MODEL), e.g. `cafeslim train tv:lraspp_mobilenet_v3_large "
@@ -124,7 +125,7 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
 
         cafeslim train tv:lraspp_mobilenet_v3_large --task segmentation --data DIR --epochs 30
 
-        cafeslim train runs/lraspp_mobilenet_v3_large-50pct-segmentation --bn-momentum 0.1
+        cafeslim train runs/lraspp_mobilenet_v3_large-50pct-segmentation
 
         cafeslim train timm:test_resnet --epochs 20 --out runs/teacher
 

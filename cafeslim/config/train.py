@@ -71,8 +71,9 @@ class RetrainConfig(AugConfig):
         kd_temperature: T of the distillation softmax.
         ckpt_every: steps between ``last.pt`` checkpoints besides every epoch's end (0: off).
         bn_momentum: BatchNorm momentum for the training (timm's ``--bn-momentum``); None:
-            the model's own. torchvision's MobileNetV3 uses 0.01, whose running statistics
-            still lag the weights after a few hundred steps (docs/tasks.md).
+            the model's own, unless it is below 0.1 and the training shorter than 10/m steps,
+            then 0.1 (torchvision's MobileNetV3 uses 0.01, whose running statistics still
+            lag the weights after a few hundred steps; docs/tasks.md).
         num_classes: outputs of the classifier. A model TARGET is built with this many (None:
             the data's class count); a run or export keeps its head, and either way the data
             must have exactly this many classes (segmentation: classes with the background;

@@ -45,7 +45,8 @@ from ..supernet.schedule import amp_setup
 from ..supernet.train_log import Interrupts, Progress
 from .distill import make_distiller
 from .outcome import TrainOutcome, end_epoch, scores
-from .recipe import ModelEma, make_optimizer, make_scheduler, mix_batch, set_bn_momentum
+from .recipe import (ModelEma, auto_bn_momentum, make_optimizer, make_scheduler, mix_batch,
+                     set_bn_momentum)
 from .resume import (BEST, KIND, LAST, METRICS, load_resume, model_fingerprint, refuse_existing,
                      write_metrics)
 
@@ -199,7 +200,8 @@ def train(model: nn.Module, data: Any, cfg: RetrainConfig = RetrainConfig(), *,
     elif out is not None:
         distributed.on_main(lambda: refuse_existing(out))
     spe = _steps_per_epoch(data)
-    set_bn_momentum(model, cfg.bn_momentum)  # before the EMA copies the model
+    momentum = cfg.bn_momentum if cfg.bn_momentum is not None else auto_bn_momentum(model, cfg.epochs * spe)
+    set_bn_momentum(model, momentum)  # before the EMA copies the model
     model.to(device).train()
     run = _Run(model, cfg, spe, info, t)
     if ckpt is not None:

@@ -25,6 +25,7 @@ from ..config import DEMO, RetrainConfig, dump_yaml, ensure_empty_dir, load_sett
 from ..errors import CheckpointError, ConfigError, DataError
 from ..export.formats import FORMATS
 from .loop import LAST, TrainOutcome, train
+from .recipe import auto_bn_momentum
 from .target import Target, build_student, head_classes, load_module, original, resolve_target
 
 TRAIN_FORMAT = "cafeslim.train/1"
@@ -256,27 +257,21 @@ def _finish(t: Target, out: Path, outcome: TrainOutcome, teacher_name: str,
 
 
 def bn_notes(model: nn.Module, cfg: RetrainConfig, steps: int) -> List[str]:
-    """A warning when BatchNorm's running statistics cannot follow a training this short.
-
-    A momentum m averages the last ~1/m steps' batch statistics; torchvision's MobileNetV3
-    has m = 0.01, and after 300 steps its running statistics still mix in those of much
-    earlier weights: measured on the segmentation demo, test mIoU 9.6% with them against
-    53.7% after recalibrating them (docs/tasks.md). A momentum below PyTorch's default 0.1
-    with fewer than 10/m steps gets the note (0.1 is what it suggests).
+    """A note when the training changes the model's BatchNorm momentum on its own
+    (:func:`~cafeslim.training.recipe.auto_bn_momentum`).
 
     Example:
         >>> bn_notes(nn.BatchNorm2d(3, momentum=0.01), RetrainConfig(), 300)[0][:29]
         'BatchNorm momentum 0.01 and 3'
     """
-    if cfg.bn_momentum is not None:
+    auto = auto_bn_momentum(model, steps) if cfg.bn_momentum is None else None
+    if auto is None:
         return []
-    moms = [m.momentum for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
-    if not moms or min(moms) >= 0.1 or min(moms) * steps >= 10:
-        return []
-    return [f"BatchNorm momentum {min(moms):g} and {steps} training steps: the running "
-            "statistics the trained model is evaluated with lag its weights; consider "
-            "--bn-momentum 0.1"]
+    low = min(m.momentum for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None)
+    return [f"BatchNorm momentum {low:g} and {steps} training steps: the running statistics "
+            f"would lag the weights, so they are trained with momentum {auto:g} "
+            "(--bn-momentum M sets it)"]
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -118,3 +119,27 @@ def test_refuses_to_overwrite_and_foreign_checkpoints(uninterrupted, tmp_path):
     with pytest.raises(CheckpointError, match="other settings"):
         train(model, data, RetrainConfig(**{**CFG.__dict__, "lr": 0.3}), out_dir=out,
               resume=True, progress=False)
+
+
+def _norm_momenta(model):
+    return {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+def test_a_slow_batchnorm_momentum_is_raised_for_a_short_training_unless_set():
+    from cafeslim.training.recipe import auto_bn_momentum
+    from cafeslim.training.run import bn_notes
+
+    cfg = RetrainConfig(epochs=1, batch_size=64, img_size=16, device="cpu", workers=0, seed=1)
+    model, data = _fresh()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.01
+    steps = cfg.epochs * data.steps_per_epoch
+    assert auto_bn_momentum(model, steps) == 0.1 and auto_bn_momentum(model, 1000) is None
+    assert "momentum 0.1" in bn_notes(model, cfg, steps)[0]
+    train(model, data, cfg, progress=False)
+    assert _norm_momenta(model) == {0.1}
+    model, _ = _fresh()  # timm's own 0.1 is left alone, and an explicit value wins
+    assert bn_notes(model, cfg, steps) == [] and auto_bn_momentum(model, steps) is None
+    train(model, data, replace(cfg, bn_momentum=0.01), progress=False)
+    assert _norm_momenta(model) == {0.01}
