@@ -492,20 +492,16 @@ def tables(doc: Dict[str, Any]) -> str:
         what = run.replace("cafenet-", "").replace("select", "select_batch ")
         label = names.get(run, f"CafeNet (r = 1), {'' if 'select' in run else 'sampling '}{what}")
         lines.append(f"| {label} | " + _tau_cells(tau))
-    if doc.get("tau_recal"):
-        lines += ["", "### (c) Kendall τ of the CafeNet (r = 1) supernet's fitness against the "
-                  "BN recalibration batches it uses", "",
-                  "| recalibration batches | " + " | ".join(doc["budgets"]) + " | all budgets |",
+    sweeps = (("tau_recal", "(c)", "the BN recalibration batches it uses", "recalibration batches"),
+              ("tau_eval", "(d)", "the D_val batches it is scored on", "D_val batches"))
+    for key, tag, what, column in sweeps:
+        if not doc.get(key):
+            continue
+        lines += ["", f"### {tag} Kendall τ of the CafeNet (r = 1) supernet's fitness against {what}",
+                  "", f"| {column} | " + " | ".join(doc["budgets"]) + " | all budgets |",
                   "|---:|" + "---:|" * (len(doc["budgets"]) + 1)]
-        for r, tau in sorted(doc["tau_recal"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {r} | " + _tau_cells(tau))
-    if doc.get("tau_eval"):
-        lines += ["", "### (d) Kendall τ of the CafeNet (r = 1) supernet's fitness against the "
-                  "D_val batches it is scored on", "",
-                  "| D_val batches | " + " | ".join(doc["budgets"]) + " | all budgets |",
-                  "|---:|" + "---:|" * (len(doc["budgets"]) + 1)]
-        for v, tau in sorted(doc["tau_eval"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {v} | " + _tau_cells(tau))
+        for n, tau in sorted(doc[key].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {n} | " + _tau_cells(tau))
     return "\n".join(lines)
 
 
