@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union

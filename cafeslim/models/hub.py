@@ -7,12 +7,11 @@ missing network apart up front and turn any download failure into one
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import urllib.request
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 from urllib.parse import urlparse
 
 from ..errors import WeightsError

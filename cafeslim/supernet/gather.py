@@ -48,7 +48,7 @@ def gather_ops(axes: Sequence[Tuple[int, torch.Tensor]], device: torch.device) -
 _MAX_RUNS = 8
 
 
-def gather(t: torch.Tensor, ops: Sequence[_Op]) -> torch.Tensor:
+def gather(t: torch.Tensor, ops: Sequence[GatherOp]) -> torch.Tensor:
     grad = torch.is_grad_enabled() and t.requires_grad
     for op in ops:
         if op.index is None:
