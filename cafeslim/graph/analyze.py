@@ -56,7 +56,12 @@ def _run_node(ctx: Ctx, node: fx.Node, autowrap: Set[Any]):
         mod = ctx.modules[node.target]
         handler = registry.module_handler(mod)
         out = handler.trace(ctx, node, mod) if handler is not None else None
-        return out if out is not None else opaque(ctx, node, f"module {type(mod).__name__}")
+        if out is not None:
+            return out
+        # A module fx could not trace says why, so the user knows what to change or register.
+        why = ctx.untraceable.get(str(node.target))
+        return opaque(ctx, node, f"module {type(mod).__name__}"
+                      + (f", which fx cannot trace ({why})" if why else ""))
     # call_function / call_method
     name, meta = fname(node), node.meta.get("tensor_meta")
     handler = registry.function_handler(name)
@@ -93,7 +98,8 @@ def _to_desc(v, atom_group: Dict[int, int]) -> Optional[TensorDesc]:
 def _one_pass(traced: Traced, cuts: Dict[str, Set[int]], autowrap: Set[Any],
               output_reason: str = "model output"):
     gm = traced.gm
-    ctx = Ctx(State(cuts), dict(traced.root.named_modules()), gm=gm, output_reason=output_reason)
+    ctx = Ctx(State(cuts), dict(traced.root.named_modules()), gm=gm, output_reason=output_reason,
+              untraceable=traced.leaf_errors)
     records = []
     for node in gm.graph.nodes:
         ctx.kind, ctx.attrs, ctx.op_name, ctx.module_path = "", {}, "", _module_path(node)

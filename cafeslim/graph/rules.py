@@ -63,6 +63,7 @@ class Ctx:
     module_path: str = ""
     gm: Optional[fx.GraphModule] = None
     output_reason: str = "model output"  # a traced part's outputs: the contract of their readers
+    untraceable: Dict[str, str] = field(default_factory=dict)  # fallback leaves -> fx's error
 
     def gm_attr(self, target: str):
         """The object a ``get_attr`` node names (a parameter, buffer or constant)."""

@@ -51,6 +51,7 @@ class Traced:
     root: nn.Module
     leaves: List[str] = field(default_factory=list)
     attempts: List[str] = field(default_factory=list)
+    leaf_errors: Dict[str, str] = field(default_factory=dict)  # leaf -> why fx failed in it
 
     @property
     def description(self) -> str:
@@ -101,6 +102,7 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> Traced:
     concrete = _concrete_args(model)
     leaves: List[str] = []
     attempts: List[str] = []
+    errors: Dict[str, str] = {}
     last_error = ""
     for _ in range(MAX_LEAF_FALLBACKS + 1):
         tracer = _Tracer(set(leaves), autowrap)
@@ -114,10 +116,11 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> Traced:
                 break
             attempts.append(f"made '{where}' ({type(model.get_submodule(where)).__name__}) an opaque leaf")
             leaves.append(where)
+            errors[where] = last_error
             continue
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
         _propagate_shapes(gm, example_input, autowrap)
-        return Traced(gm, model, leaves, attempts)
+        return Traced(gm, model, leaves, attempts, errors)
     mod = f"module '{leaves[-1]}'" if leaves else "the root module"
     raise TraceError(
         f"cannot trace {type(model).__name__}: {last_error} (in {mod}); tried: "

@@ -194,7 +194,10 @@ def test_untraceable_submodule_becomes_an_opaque_leaf():
     g = analyze(_DataDependent(), torch.randn(1, 3, 4, 4))
     assert "block" in g.tracer
     stem = _groups_by_producer(g)["stem"]
-    assert not stem.searchable and any("_Branchy" in r for r in stem.reasons)
+    # The reason names the module and why fx could not follow it.
+    assert not stem.searchable and any("_Branchy, which fx cannot trace (TraceError: "
+                                       "symbolically traced variables cannot be used as inputs "
+                                       "to control flow)" in r for r in stem.reasons)
 
 
 class _NeedsTwoInputs(nn.Module):
