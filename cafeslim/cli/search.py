@@ -9,6 +9,7 @@ library call, :func:`cafeslim.pipeline.run_search`. The choices of ``--method``,
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any, Mapping, Optional
 
@@ -203,13 +204,43 @@ def set_threads(threads: Optional[int]) -> int:
     if threads is None:
         if os.environ.get("OMP_NUM_THREADS"):
             return torch.get_num_threads()
-        try:
-            idle = (os.cpu_count() or 1) - os.getloadavg()[0]
-        except OSError:  # no load average on this platform
+        idle = idle_cores()
+        if idle is None:
             return torch.get_num_threads()
         threads = max(1, min(torch.get_num_threads(), int(idle + 0.5)))
     torch.set_num_threads(threads)
     return threads
+
+
+def idle_cores(seconds: float = 0.2) -> Optional[float]:
+    """How many cores are idle now: /proc/stat sampled over ``seconds``, else the load average.
+
+    Not the load average alone: it trails by a minute, so in a chain of commands (search, then
+    train, then eval) each one saw the previous one's load and took a single thread on an
+    otherwise idle 2-core machine.
+
+    Example:
+        >>> 0 <= idle_cores() <= os.cpu_count()
+        True
+    """
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    cores = os.cpu_count() or 1
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+        if total1 > total0:
+            return cores * (idle1 - idle0) / (total1 - total0)
+    except (OSError, ValueError, IndexError):  # no /proc (macOS, Windows)
+        pass
+    try:
+        return max(0.0, cores - os.getloadavg()[0])
+    except OSError:
+        return None
 
 
 def render_result(run_dir: Path, result: Mapping[str, Any]) -> None:

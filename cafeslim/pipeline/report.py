@@ -59,6 +59,8 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
         >>> doc["budgets"][0]["flops"] <= doc["budgets"][0]["budget_flops"]  # doctest: +SKIP
         True
     """
+    import torch
+
     from ..export import slim
     from ..flops import count_params
     from ..tasks import get_task
@@ -95,7 +97,8 @@ def result_json(b: Any, out: Mapping[str, Any], seconds: float) -> Dict[str, Any
         "space": {"groups": len(b.space.groups), "log10_size": b.space.log10_size,
                   "beta": b.space.beta, "offset": b.space.offset},
         "train": out.get("train"), "search": out.get("search"), "stages": out.get("stages"),
-        "seconds": round(seconds, 2), "budgets": rows}
+        # Float reductions depend on the thread count: a run reproduces exactly at the same one.
+        "seconds": round(seconds, 2), "threads": torch.get_num_threads(), "budgets": rows}
 
 
 def read_result(run_dir: Union[str, Path]) -> Dict[str, Any]:
