@@ -6,7 +6,9 @@ Nothing here imports torch at module level: ``cafeslim --help`` must stay fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -93,3 +95,58 @@ def before_after(label: str, before: float, after: float) -> str:
     """
     ratio = after / before if before else float("nan")
     return f"{label:<7} {human(before)} → {human(after)} ({ratio:.3f}×)"
+
+
+def set_threads(threads: Optional[int]) -> int:
+    """Use ``threads`` CPU threads; by default the idle cores (all on a quiet machine), >= 1.
+
+    An OpenMP thread whose core is busy spins instead of sleeping, so on a shared machine two
+    threads can be several times slower than one (5× measured on two cores at load 4).
+    ``OMP_NUM_THREADS`` in the environment is respected as it is.
+
+    Example:
+        >>> set_threads(1)
+        1
+    """
+    import torch
+
+    if threads is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        idle = idle_cores()
+        if idle is None:
+            return torch.get_num_threads()
+        threads = max(1, min(torch.get_num_threads(), int(idle + 0.5)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def idle_cores(seconds: float = 0.2) -> Optional[float]:
+    """How many cores are idle now: /proc/stat sampled over ``seconds``, else the load average.
+
+    Not the load average alone: it trails by a minute, so in a chain of commands (search, then
+    train, then eval) each one saw the previous one's load and took a single thread on an
+    otherwise idle 2-core machine.
+
+    Example:
+        >>> 0 <= idle_cores() <= os.cpu_count()
+        True
+    """
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    cores = os.cpu_count() or 1
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+        if total1 > total0:
+            return cores * (idle1 - idle0) / (total1 - total0)
+    except (OSError, ValueError, IndexError):  # no /proc (macOS, Windows)
+        pass
+    try:
+        return max(0.0, cores - os.getloadavg()[0])
+    except OSError:
+        return None

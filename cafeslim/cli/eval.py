@@ -61,7 +61,7 @@ def eval_command(target: TargetArg, data: DataOpt = None, batch_sizes: BatchesOp
     """
     sizes = parse_sizes(batch_sizes)
     from ..export.evaluate import evaluate
-    from .search import set_threads
+    from .common import set_threads
 
     rep = evaluate(target, data, batch_sizes=sizes, repeats=repeats, threads=set_threads(threads),
                    task=task.value if task is not None else None)

@@ -141,7 +141,7 @@ def train_command(target: TargetArg, data: DataOpt = None, budget: BudgetOpt = N
         "num_classes": num_classes, "task": _v(task), "bn_momentum": bn_momentum}
     from ..training.run import train_target
     from ..training.target import resolve_target
-    from .search import set_threads
+    from .common import set_threads
 
     if resume and config is not None:
         raise ConfigError("--resume takes the training's own config.yaml; drop --config")
